@@ -1,0 +1,37 @@
+//! Standalone fanout: a published event goes straight to this process's
+//! rooms. Subscribing is a no-op because every room of the process already
+//! receives everything the registry routes to it.
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+use crate::collab::model::Event;
+use crate::error::Error;
+use crate::ports::Fanout;
+use crate::realtime::hub::RoomRegistry;
+
+pub struct MemoryFanout {
+    rooms: RoomRegistry,
+}
+
+impl MemoryFanout {
+    pub fn new(rooms: RoomRegistry) -> Self {
+        MemoryFanout { rooms }
+    }
+}
+
+#[async_trait]
+impl Fanout for MemoryFanout {
+    async fn publish(&self, event: &Event) -> Result<(), Error> {
+        self.rooms.deliver(event.clone());
+        Ok(())
+    }
+
+    async fn subscribe(&self, _draft_id: Uuid) -> Result<(), Error> {
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, _draft_id: Uuid) -> Result<(), Error> {
+        Ok(())
+    }
+}

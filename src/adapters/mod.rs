@@ -1,0 +1,3 @@
+//! Adapters behind the ports. Only `app.rs` chooses among them.
+
+pub mod memory;

@@ -1,0 +1,221 @@
+//! Start-up in one place: choose adapters, build the shared state, serve on an
+//! already-bound listener until the shutdown future resolves, then drain.
+//!
+//! Draining: readiness turns false, new sockets are refused, every open
+//! socket is told `shutdown` and closed with 1001, in-flight requests finish,
+//! all within `SHUTDOWN_TIMEOUT_SECONDS`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::FromRef;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::adapters::memory::{
+    MemoryAudit, MemoryFanout, MemoryLeases, MemoryRateLimiter, MemoryStore,
+};
+use crate::audit::Auditor;
+use crate::auth::Authenticator;
+use crate::collab::service::{CollabCaps, CollabService};
+use crate::config::Config;
+use crate::limits::http::Policies;
+use crate::ports::{AuditSink, Fanout, RateLimiter, Rooms, SocketCaps, SocketLeases, Store};
+use crate::realtime::hub::{Hub, RoomRegistry};
+
+/// The adapters behind every port.
+pub struct Backends {
+    pub store: Arc<dyn Store>,
+    pub fanout: Arc<dyn Fanout>,
+    pub limiter: Arc<dyn RateLimiter>,
+    pub leases: Arc<dyn SocketLeases>,
+    pub rooms: Arc<dyn Rooms>,
+    pub audit: Arc<dyn AuditSink>,
+    /// Where the fanout delivers; the hub serves the same rooms.
+    pub registry: RoomRegistry,
+    /// Said once in the start-up log.
+    pub mode: &'static str,
+}
+
+impl Backends {
+    /// Standalone: everything in this process, nothing else needed. The
+    /// audit sink is passed in so a caller can read the rows back.
+    pub fn memory(audit: Arc<MemoryAudit>) -> Self {
+        let registry = RoomRegistry::new();
+        let leases = Arc::new(MemoryLeases::new());
+        Backends {
+            store: Arc::new(MemoryStore::new()),
+            fanout: Arc::new(MemoryFanout::new(registry.clone())),
+            limiter: Arc::new(MemoryRateLimiter::new()),
+            leases: leases.clone(),
+            rooms: leases,
+            audit,
+            registry,
+            mode: "standalone",
+        }
+    }
+}
+
+/// Everything a handler may need. Cheap to clone: all shared parts are `Arc`s.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub auth: Authenticator,
+    pub collab: CollabService,
+    pub hub: Hub,
+    pub limiter: Arc<dyn RateLimiter>,
+    pub policies: Arc<Policies>,
+    pub leases: Arc<dyn SocketLeases>,
+    pub rooms: Arc<dyn Rooms>,
+    pub socket_caps: SocketCaps,
+    /// Cancelled when draining starts; sockets watch it.
+    pub shutdown: CancellationToken,
+    /// Tracks socket sessions so shutdown can wait for their goodbyes.
+    pub sockets: TaskTracker,
+}
+
+impl FromRef<AppState> for Authenticator {
+    fn from_ref(state: &AppState) -> Self {
+        state.auth.clone()
+    }
+}
+
+/// The caps a socket counts against: the WS_* caps when WS_LIMITS_ENABLED,
+/// and MAX_WS_CONNECTIONS_PER_DRAFT always (the tighter per-draft cap wins).
+fn socket_caps(config: &Config) -> SocketCaps {
+    let enabled = config.ws_limits_enabled;
+    let per_draft = [
+        enabled.then_some(config.ws_max_sockets_per_draft),
+        config.max_ws_connections_per_draft,
+    ]
+    .into_iter()
+    .flatten()
+    .min();
+    SocketCaps {
+        per_user: enabled.then_some(config.ws_max_sockets_per_user),
+        per_draft,
+        global: enabled.then_some(config.ws_max_sockets_global),
+    }
+}
+
+impl AppState {
+    pub fn new(config: Config, backends: Backends) -> Self {
+        let auditor = Auditor::new(
+            backends.audit,
+            config.audit_enabled,
+            config.audit_sample_rate,
+        );
+        let caps = CollabCaps {
+            max_collaborators: config.max_collaborators_per_draft,
+            max_segments: config.max_segments_per_draft,
+        };
+        let collab = CollabService::new(
+            backends.store.clone(),
+            backends.fanout.clone(),
+            auditor,
+            caps,
+        );
+        let hub = Hub::new(backends.registry, backends.store, backends.fanout);
+        AppState {
+            auth: Authenticator::new(&config.auth_jwt_secret),
+            policies: Arc::new(Policies::from_config(&config)),
+            socket_caps: socket_caps(&config),
+            config: Arc::new(config),
+            collab,
+            hub,
+            limiter: backends.limiter,
+            leases: backends.leases,
+            rooms: backends.rooms,
+            shutdown: CancellationToken::new(),
+            sockets: TaskTracker::new(),
+        }
+    }
+}
+
+/// Serves until `shutdown` resolves, then drains and returns.
+pub async fn run(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let drain = state.shutdown.clone();
+    let sockets = state.sockets.clone();
+    let grace = state.config.shutdown_timeout();
+    let app = crate::http::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let signal = {
+        let drain = drain.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutdown requested: draining");
+            drain.cancel();
+        }
+    };
+    let server = axum::serve(listener, app).with_graceful_shutdown(signal);
+    let mut server = tokio::spawn(async move { server.await });
+    tokio::select! {
+        _ = drain.cancelled() => {}
+        // The server stopped by itself (an accept error): nothing to drain.
+        ended = &mut server => return ended.unwrap_or_else(|join| Err(std::io::Error::other(join))),
+    }
+    sockets.close();
+    if tokio::time::timeout(grace, sockets.wait()).await.is_err() {
+        tracing::warn!("sockets still open after the shutdown timeout; dropping them");
+    }
+    match tokio::time::timeout(grace, server).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(join)) => Err(std::io::Error::other(join)),
+        Err(_) => {
+            tracing::warn!("requests still running after the shutdown timeout; exiting");
+            Ok(())
+        }
+    }
+}
+
+/// `collabd serve`: logs, adapters, listener, run until SIGTERM or Ctrl-C.
+pub async fn serve(config: Config) -> std::io::Result<()> {
+    let backends = Backends::memory(Arc::new(MemoryAudit::new()));
+    let addr = SocketAddr::new(config.host, config.port);
+    let listener = TcpListener::bind(addr).await?;
+    tracing::info!(
+        mode = backends.mode,
+        addr = %listener.local_addr()?,
+        app_env = ?config.app_env,
+        rate_limit_enabled = config.rate_limit_enabled,
+        ws_limits_enabled = config.ws_limits_enabled,
+        audit_enabled = config.audit_enabled,
+        "collabd listening ({} mode: state, fanout and limits in this process)",
+        backends.mode
+    );
+    let state = AppState::new(config, backends);
+    run(listener, state, shutdown_signal()).await
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error.message = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error.message = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

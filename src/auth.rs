@@ -1,0 +1,180 @@
+//! Bearer tokens: HS256 JWTs whose `sub` is the user id and whose `exp` is
+//! required. Tokens and the secret never reach a log line.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::collab::validate::user_id as validate_user_id;
+use crate::error::Error;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+    iat: u64,
+}
+
+/// Signs and verifies tokens with one shared secret.
+#[derive(Clone)]
+pub struct Authenticator {
+    keys: Arc<(EncodingKey, DecodingKey)>,
+    validation: Arc<Validation>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Authenticator { .. }")
+    }
+}
+
+impl Authenticator {
+    pub fn new(secret: &str) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.leeway = 5;
+        Authenticator {
+            keys: Arc::new((
+                EncodingKey::from_secret(secret.as_bytes()),
+                DecodingKey::from_secret(secret.as_bytes()),
+            )),
+            validation: Arc::new(validation),
+        }
+    }
+
+    /// Mints a token for `user_id` valid for `ttl`.
+    pub fn mint(&self, user_id: &str, ttl: Duration) -> Result<String, Error> {
+        validate_user_id(user_id)?;
+        let now = unix_now();
+        let claims = Claims {
+            sub: user_id.to_owned(),
+            iat: now,
+            exp: now.saturating_add(ttl.as_secs()),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.keys.0)
+            .map_err(Error::internal)
+    }
+
+    /// Returns the user id of a valid token.
+    pub fn verify(&self, token: &str) -> Result<String, Error> {
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &self.keys.1, &self.validation).map_err(|e| {
+                match e.kind() {
+                    jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
+                        Error::Unauthorized("token expired")
+                    }
+                    jsonwebtoken::errors::ErrorKind::InvalidSignature => {
+                        Error::Unauthorized("token signature is invalid")
+                    }
+                    jsonwebtoken::errors::ErrorKind::MissingRequiredClaim(_) => {
+                        Error::Unauthorized("token lacks a required claim (sub, exp)")
+                    }
+                    _ => Error::Unauthorized("token is malformed"),
+                }
+            })?;
+        validate_user_id(&data.claims.sub)
+            .map_err(|_| Error::Unauthorized("token subject is not a valid user id"))?;
+        Ok(data.claims.sub)
+    }
+
+    /// Verifies the `Authorization: Bearer` header.
+    pub fn verify_headers(&self, headers: &HeaderMap) -> Result<String, Error> {
+        let value = headers
+            .get(header::AUTHORIZATION)
+            .ok_or(Error::Unauthorized("missing bearer token"))?;
+        let value = value
+            .to_str()
+            .map_err(|_| Error::Unauthorized("malformed authorization header"))?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .ok_or(Error::Unauthorized("authorization must be a Bearer token"))?;
+        self.verify(token.trim())
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The authenticated caller. The rate-limit middleware may have verified the
+/// token already (to key by user); then the result is reused, not redone.
+#[derive(Clone, Debug)]
+pub struct AuthUser(pub String);
+
+impl<S> FromRequestParts<S> for AuthUser
+where
+    S: Send + Sync,
+    Authenticator: axum::extract::FromRef<S>,
+{
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let user = match parts.extensions.get::<AuthUser>() {
+            Some(user) => user.clone(),
+            None => {
+                let auth = <Authenticator as axum::extract::FromRef<S>>::from_ref(state);
+                AuthUser(auth.verify_headers(&parts.headers)?)
+            }
+        };
+        tracing::Span::current().record("user_id", user.0.as_str());
+        Ok(user)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_minted_token_verifies_to_its_user() {
+        let auth = Authenticator::new("secret");
+        let token = auth.mint("alice", Duration::from_secs(60)).unwrap();
+        assert_eq!(auth.verify(&token).unwrap(), "alice");
+    }
+
+    #[test]
+    fn a_token_signed_with_another_secret_is_refused() {
+        let token = Authenticator::new("one")
+            .mint("alice", Duration::from_secs(60))
+            .unwrap();
+        let err = Authenticator::new("two").verify(&token).unwrap_err();
+        assert_eq!(err.code(), "unauthorized");
+    }
+
+    #[test]
+    fn expired_and_garbage_tokens_are_refused() {
+        let auth = Authenticator::new("secret");
+        let claims = Claims {
+            sub: "alice".into(),
+            iat: 1,
+            exp: 2,
+        };
+        let old = jsonwebtoken::encode(&Header::default(), &claims, &auth.keys.0).unwrap();
+        assert!(matches!(
+            auth.verify(&old),
+            Err(Error::Unauthorized("token expired"))
+        ));
+        assert!(auth.verify("not.a.token").is_err());
+    }
+
+    #[test]
+    fn a_subject_outside_the_user_id_alphabet_is_refused() {
+        let auth = Authenticator::new("secret");
+        let claims = Claims {
+            sub: "bad user".into(),
+            iat: unix_now(),
+            exp: unix_now() + 60,
+        };
+        let token = jsonwebtoken::encode(&Header::default(), &claims, &auth.keys.0).unwrap();
+        assert!(auth.verify(&token).is_err());
+    }
+}

@@ -1,0 +1,282 @@
+//! The collab service: validates input, runs the rules through the store's
+//! atomic `mutate`, then emits what was committed (fanout, audit, logs).
+//! It knows only the ports, never which adapters are behind them.
+
+use std::sync::Arc;
+
+use serde_json::json;
+use tracing::instrument;
+use uuid::Uuid;
+
+use super::model::{now, Actor, Collaborator, Draft, Event, Outcome, Role, Segment};
+use super::rules;
+use super::validate::{self, Page};
+use crate::audit::{AuditAction, Auditor};
+use crate::error::Error;
+use crate::ports::{Fanout, Store};
+
+/// Hard and soft caps from configuration.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CollabCaps {
+    /// Hard: adding one more collaborator fails with `limit_exceeded`.
+    pub max_collaborators: Option<u32>,
+    /// Soft: appends past it succeed and log a WARN.
+    pub max_segments: Option<u64>,
+}
+
+/// An append's result: the segment, and whether it was made by this call or
+/// by an earlier one with the same idempotency key.
+#[derive(Clone, Debug)]
+pub struct Appended {
+    pub segment: Segment,
+    pub replayed: bool,
+}
+
+#[derive(Clone)]
+pub struct CollabService {
+    store: Arc<dyn Store>,
+    fanout: Arc<dyn Fanout>,
+    auditor: Auditor,
+    caps: CollabCaps,
+}
+
+impl CollabService {
+    pub fn new(
+        store: Arc<dyn Store>,
+        fanout: Arc<dyn Fanout>,
+        auditor: Auditor,
+        caps: CollabCaps,
+    ) -> Self {
+        CollabService {
+            store,
+            fanout,
+            auditor,
+            caps,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    #[instrument(skip_all)]
+    pub async fn create_draft(&self, actor: &Actor, title: &str) -> Result<Draft, Error> {
+        let title = validate::title(title)?;
+        let ts = now();
+        let draft = Draft {
+            id: Uuid::new_v4(),
+            title,
+            owner_id: actor.user_id.clone(),
+            ring_holder: actor.user_id.clone(),
+            collaborators: vec![Collaborator {
+                user_id: actor.user_id.clone(),
+                role: Role::Owner,
+            }],
+            seq: 0,
+            created_at: ts,
+            updated_at: ts,
+        };
+        self.store.create_draft(&draft).await?;
+        tracing::Span::current().record("draft_id", tracing::field::display(draft.id));
+        tracing::info!(draft_id = %draft.id, "draft created");
+        self.auditor
+            .record(
+                actor,
+                AuditAction::CreateDraft,
+                Some(draft.id),
+                json!({ "title_length": draft.title.chars().count() }),
+            )
+            .await;
+        Ok(draft)
+    }
+
+    pub async fn list_drafts(&self, user_id: &str) -> Result<Vec<Draft>, Error> {
+        self.store.drafts_for_user(user_id).await
+    }
+
+    /// The draft, for any of its collaborators.
+    pub async fn draft_for(&self, user_id: &str, draft_id: Uuid) -> Result<Draft, Error> {
+        let draft = self
+            .store
+            .get_draft(draft_id)
+            .await?
+            .ok_or_else(|| Error::NotFound("draft not found".into()))?;
+        rules::require_member(&draft, user_id)?;
+        Ok(draft)
+    }
+
+    pub async fn segments(
+        &self,
+        user_id: &str,
+        draft_id: Uuid,
+        page: Page,
+    ) -> Result<Vec<Segment>, Error> {
+        self.draft_for(user_id, draft_id).await?;
+        self.store.segments(draft_id, page).await
+    }
+
+    pub async fn events(
+        &self,
+        user_id: &str,
+        draft_id: Uuid,
+        page: Page,
+    ) -> Result<Vec<Event>, Error> {
+        self.draft_for(user_id, draft_id).await?;
+        self.store.events(draft_id, page).await
+    }
+
+    #[instrument(skip_all, fields(draft_id = %draft_id))]
+    pub async fn append(
+        &self,
+        actor: &Actor,
+        draft_id: Uuid,
+        content: &str,
+        idempotency_key: Option<&str>,
+    ) -> Result<Appended, Error> {
+        validate::content(content)?;
+        let segment_id = Uuid::new_v4();
+        let outcome = self
+            .store
+            .mutate(draft_id, idempotency_key, &actor.request_id, &|snap| {
+                rules::decide_append(snap, &actor.user_id, content, idempotency_key, segment_id)
+            })
+            .await?;
+        match outcome {
+            Outcome::Replayed(segment) => {
+                tracing::info!(seq = segment.seq, "idempotent append replayed");
+                Ok(Appended {
+                    segment,
+                    replayed: true,
+                })
+            }
+            Outcome::Applied {
+                event,
+                segment: Some(segment),
+                segment_count,
+                ..
+            } => {
+                if let Some(cap) = self.caps.max_segments.filter(|cap| segment_count > *cap) {
+                    tracing::warn!(
+                        cap = "max_segments_per_draft",
+                        limit = cap,
+                        segments = segment_count,
+                        "soft cap exceeded: draft has more segments than MAX_SEGMENTS_PER_DRAFT"
+                    );
+                }
+                self.emit(&event).await;
+                self.auditor
+                    .record(
+                        actor,
+                        AuditAction::AppendSegment,
+                        Some(draft_id),
+                        json!({
+                            "segment_id": segment.id,
+                            "seq": segment.seq,
+                            "content_length": segment.content.chars().count(),
+                            "idempotency_key": segment.idempotency_key,
+                        }),
+                    )
+                    .await;
+                Ok(Appended {
+                    segment,
+                    replayed: false,
+                })
+            }
+            other => Err(Error::internal(format!(
+                "store answered an append with {other:?}"
+            ))),
+        }
+    }
+
+    #[instrument(skip_all, fields(draft_id = %draft_id))]
+    pub async fn pass_ring(&self, actor: &Actor, draft_id: Uuid, to: &str) -> Result<Draft, Error> {
+        validate::user_id(to)?;
+        let outcome = self
+            .store
+            .mutate(draft_id, None, &actor.request_id, &|snap| {
+                rules::decide_pass_ring(snap, &actor.user_id, to)
+            })
+            .await?;
+        let from = match &outcome {
+            Outcome::Applied { event, .. } => {
+                event.data["from_user_id"].as_str().map(str::to_owned)
+            }
+            _ => None,
+        };
+        let draft = self.settle(outcome).await?;
+        if let Some(from) = from {
+            self.auditor
+                .record(
+                    actor,
+                    AuditAction::PassRing,
+                    Some(draft_id),
+                    json!({ "from_user_id": from, "to_user_id": to }),
+                )
+                .await;
+        }
+        Ok(draft)
+    }
+
+    /// Adds a collaborator; the flag says whether anything changed.
+    #[instrument(skip_all, fields(draft_id = %draft_id))]
+    pub async fn add_collaborator(
+        &self,
+        actor: &Actor,
+        draft_id: Uuid,
+        user_id: &str,
+        role: Role,
+    ) -> Result<(Draft, bool), Error> {
+        validate::user_id(user_id)?;
+        let max = self.caps.max_collaborators;
+        let outcome = self
+            .store
+            .mutate(draft_id, None, &actor.request_id, &|snap| {
+                rules::decide_add_collaborator(snap, &actor.user_id, user_id, role, max)
+            })
+            .await?;
+        let changed = matches!(outcome, Outcome::Applied { .. });
+        let draft = self.settle(outcome).await?;
+        if changed {
+            self.auditor
+                .record(
+                    actor,
+                    AuditAction::AddCollaborator,
+                    Some(draft_id),
+                    json!({ "collaborator_id": user_id, "role": role }),
+                )
+                .await;
+        }
+        Ok((draft, changed))
+    }
+
+    /// Emits an applied change and returns the draft as it now stands.
+    async fn settle(&self, outcome: Outcome) -> Result<Draft, Error> {
+        match outcome {
+            Outcome::Applied { draft, event, .. } => {
+                self.emit(&event).await;
+                Ok(*draft)
+            }
+            Outcome::Unchanged(draft) => Ok(draft),
+            Outcome::Replayed(_) => Err(Error::internal("store replayed a non-append")),
+        }
+    }
+
+    /// Publishes a committed event. A failed publish does not fail the
+    /// request: the event is in the store, and every room fills gaps from it.
+    async fn emit(&self, event: &Event) {
+        tracing::info!(
+            event_type = event.event_type.as_str(),
+            seq = event.seq,
+            "event committed"
+        );
+        if let Err(e) = self.fanout.publish(event).await {
+            tracing::warn!(
+                error_code = e.code(),
+                error.message = %e,
+                event_type = event.event_type.as_str(),
+                seq = event.seq,
+                "fanout publish failed; watchers will catch up from the store"
+            );
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! Configuration: every knob is a CLI flag with an environment variable of the
+//! seeds' name, listed by `collabd serve --help` and in `.env.example`.
+//!
+//! Defaults are safe for a laptop: limits and audit off, pretty logs, a dev
+//! secret. `APP_ENV=prod` switches logs to JSON and refuses the dev secret.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use clap::builder::BoolishValueParser;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::limits::client_ip::IpNet;
+
+/// The secret used when none is configured. Fine for a laptop, refused in prod.
+pub const DEV_JWT_SECRET: &str = "collabd-dev-secret-do-not-use-in-production";
+/// A production secret must be at least this long (HS256 keys should match the hash size).
+pub const MIN_PROD_SECRET_BYTES: usize = 32;
+
+#[derive(Debug, Parser)]
+#[command(name = "collabd", version, about = "Real-time collaboration backend")]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// `collabd` alone serves, with these settings.
+    #[command(flatten)]
+    pub serve: Config,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the REST and WebSocket API (the default).
+    Serve(Config),
+    /// Mint an HS256 token for a user, signed with AUTH_JWT_SECRET.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The user id (the token's `sub`).
+    #[arg(long)]
+    pub user: String,
+    /// Lifetime, e.g. `90s`, `15m`, `1h`, `7d`.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub ttl: Duration,
+    #[arg(long, env = "AUTH_JWT_SECRET", default_value = DEV_JWT_SECRET, hide_env_values = true, hide_default_value = true)]
+    pub auth_jwt_secret: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AppEnv {
+    Dev,
+    Prod,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct Config {
+    /// `dev` or `prod`; prod means JSON logs and a real secret.
+    #[arg(long, env = "APP_ENV", value_enum, default_value = "dev")]
+    pub app_env: AppEnv,
+    /// Address of the public listener (`0.0.0.0` in a container).
+    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// Port of the public listener.
+    #[arg(long, env = "PORT", default_value_t = 3000)]
+    pub port: u16,
+    /// `json` or `pretty`; defaults to pretty in dev and json in prod.
+    #[arg(long, env = "LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Log filter in `tracing` EnvFilter syntax, e.g. `info,collabd=debug`.
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// HS256 secret for bearer tokens. Never logged.
+    #[arg(long, env = "AUTH_JWT_SECRET", default_value = DEV_JWT_SECRET, hide_env_values = true, hide_default_value = true)]
+    pub auth_jwt_secret: String,
+    /// Largest accepted request body in bytes (larger: 413 payload_too_large).
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Turn on REST rate limiting.
+    #[arg(long, env = "RATE_LIMIT_ENABLED", default_value = "false", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub rate_limit_enabled: bool,
+    /// Read routes: sustained requests per minute per user (or IP).
+    #[arg(long, env = "RATE_LIMIT_PER_MINUTE_DEFAULT", default_value_t = 120, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit_per_minute_default: u32,
+    /// Read routes: extra requests allowed in a burst.
+    #[arg(long, env = "RATE_LIMIT_BURST_DEFAULT", default_value_t = 30)]
+    pub rate_limit_burst_default: u32,
+    /// Mutations: sustained requests per minute per user (or IP).
+    #[arg(long, env = "RATE_LIMIT_PER_MINUTE_MUTATION", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit_per_minute_mutation: u32,
+    /// Mutations: extra requests allowed in a burst.
+    #[arg(long, env = "RATE_LIMIT_BURST_MUTATION", default_value_t = 10)]
+    pub rate_limit_burst_mutation: u32,
+    /// Comma list of proxy addresses or CIDRs whose X-Forwarded-For is believed.
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<IpNet>,
+
+    /// Turn on the WebSocket socket caps below.
+    #[arg(long, env = "WS_LIMITS_ENABLED", default_value = "false", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub ws_limits_enabled: bool,
+    /// Open sockets one user may hold.
+    #[arg(long, env = "WS_MAX_SOCKETS_PER_USER", default_value_t = 3)]
+    pub ws_max_sockets_per_user: u32,
+    /// Open sockets on one draft.
+    #[arg(long, env = "WS_MAX_SOCKETS_PER_DRAFT", default_value_t = 100)]
+    pub ws_max_sockets_per_draft: u32,
+    /// Open sockets on the whole server.
+    #[arg(long, env = "WS_MAX_SOCKETS_GLOBAL", default_value_t = 1000)]
+    pub ws_max_sockets_global: u32,
+    /// Largest inbound WebSocket message in bytes (always enforced).
+    #[arg(long, env = "WS_MAX_MESSAGE_BYTES", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(16..))]
+    pub ws_max_message_bytes: u32,
+    /// Comma list of allowed `Origin` values; `*` allows any.
+    #[arg(
+        long,
+        env = "WS_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        default_value = "*"
+    )]
+    pub ws_allowed_origins: Vec<String>,
+    /// Events queued per socket before the client counts as a slow consumer.
+    #[arg(long, env = "WS_OUTBOUND_QUEUE", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub ws_outbound_queue: u32,
+
+    /// Hard cap on collaborators per draft (adding more: 409 limit_exceeded).
+    #[arg(long, env = "MAX_COLLABORATORS_PER_DRAFT")]
+    pub max_collaborators_per_draft: Option<u32>,
+    /// Soft cap on segments per draft: past it appends still succeed and log a WARN.
+    #[arg(long, env = "MAX_SEGMENTS_PER_DRAFT")]
+    pub max_segments_per_draft: Option<u64>,
+    /// Cost cap on open sockets per draft, enforced whether or not WS_LIMITS_ENABLED is.
+    #[arg(long, env = "MAX_WS_CONNECTIONS_PER_DRAFT")]
+    pub max_ws_connections_per_draft: Option<u32>,
+
+    /// Record audit rows for create, append, pass and add-collaborator.
+    #[arg(long, env = "AUDIT_ENABLED", default_value = "false", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub audit_enabled: bool,
+    /// Fraction of audited actions recorded, 0.0 to 1.0.
+    #[arg(long, env = "AUDIT_SAMPLE_RATE", default_value_t = 1.0)]
+    pub audit_sample_rate: f64,
+
+    /// On SIGTERM: how long open sockets and requests get to finish.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub shutdown_timeout_seconds: u64,
+}
+
+/// A configuration that cannot run, naming the variable at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {variable}: {reason}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub reason: String,
+}
+
+impl Config {
+    /// The settings a test or embedder starts from: every default, no
+    /// environment read.
+    pub fn defaults() -> Self {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            config: Config,
+        }
+        // Parsing an empty command line still consults the environment; clear
+        // that influence by building from defaults and ignoring env values.
+        let mut cmd = <Only as clap::CommandFactory>::command();
+        cmd = cmd.mut_args(|arg| arg.env(None::<&str>));
+        let matches = cmd
+            .try_get_matches_from(["collabd"])
+            .expect("defaults always parse");
+        <Only as clap::FromArgMatches>::from_arg_matches(&matches)
+            .expect("defaults always parse")
+            .config
+    }
+
+    /// Checks the rules a single flag cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.app_env == AppEnv::Prod {
+            if self.auth_jwt_secret == DEV_JWT_SECRET {
+                return Err(ConfigError {
+                    variable: "AUTH_JWT_SECRET",
+                    reason: "APP_ENV=prod needs a real secret, not the built-in dev one".into(),
+                });
+            }
+            if self.auth_jwt_secret.len() < MIN_PROD_SECRET_BYTES {
+                return Err(ConfigError {
+                    variable: "AUTH_JWT_SECRET",
+                    reason: format!("must be at least {MIN_PROD_SECRET_BYTES} bytes in prod"),
+                });
+            }
+        }
+        if self.auth_jwt_secret.is_empty() {
+            return Err(ConfigError {
+                variable: "AUTH_JWT_SECRET",
+                reason: "must not be empty".into(),
+            });
+        }
+        if !(0.0..=1.0).contains(&self.audit_sample_rate) {
+            return Err(ConfigError {
+                variable: "AUDIT_SAMPLE_RATE",
+                reason: format!("{} is not between 0.0 and 1.0", self.audit_sample_rate),
+            });
+        }
+        if self.max_body_bytes < 256 {
+            return Err(ConfigError {
+                variable: "MAX_BODY_BYTES",
+                reason: "must be at least 256".into(),
+            });
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
+            return Err(ConfigError {
+                variable: "LOG_LEVEL",
+                reason: format!("{:?} is not a valid filter", self.log_level),
+            });
+        }
+        if self.ws_allowed_origins.iter().any(|o| o.trim().is_empty()) {
+            return Err(ConfigError {
+                variable: "WS_ALLOWED_ORIGINS",
+                reason: "contains an empty entry".into(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn log_format(&self) -> LogFormat {
+        self.log_format.unwrap_or(match self.app_env {
+            AppEnv::Dev => LogFormat::Pretty,
+            AppEnv::Prod => LogFormat::Json,
+        })
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_seconds)
+    }
+}
+
+/// Parses `90s`, `15m`, `1h`, `7d` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let amount: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 90s, 15m, 1h or 7d"))?;
+    let seconds = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {text:?}; use s, m, h or d"
+            ))
+        }
+    };
+    amount
+        .checked_mul(seconds)
+        .filter(|s| *s > 0)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is out of range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("1w").is_err());
+        assert!(parse_duration("h").is_err());
+    }
+
+    #[test]
+    fn prod_refuses_the_dev_secret_naming_the_variable() {
+        let mut config = Config::defaults();
+        config.app_env = AppEnv::Prod;
+        let err = config.validate().unwrap_err();
+        assert_eq!(err.variable, "AUTH_JWT_SECRET");
+        config.auth_jwt_secret = "short".into();
+        assert_eq!(config.validate().unwrap_err().variable, "AUTH_JWT_SECRET");
+        config.auth_jwt_secret = "x".repeat(MIN_PROD_SECRET_BYTES);
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn sample_rate_must_be_a_fraction() {
+        let mut config = Config::defaults();
+        config.audit_sample_rate = 1.5;
+        assert_eq!(config.validate().unwrap_err().variable, "AUDIT_SAMPLE_RATE");
+    }
+
+    #[test]
+    fn defaults_are_safe_for_a_laptop() {
+        let config = Config::defaults();
+        assert!(!config.rate_limit_enabled);
+        assert!(!config.ws_limits_enabled);
+        assert!(!config.audit_enabled);
+        assert_eq!(config.port, 3000);
+        assert_eq!(config.ws_max_message_bytes, 4096);
+        assert_eq!(config.rate_limit_per_minute_default, 120);
+        assert_eq!(config.rate_limit_burst_default, 30);
+        assert_eq!(config.log_format(), LogFormat::Pretty);
+        assert!(config.validate().is_ok());
+    }
+}

@@ -1,0 +1,130 @@
+//! The REST rate-limit middleware. Each request spends one token from the
+//! bucket of its policy (`read` or `mutation`) and subject (the verified user,
+//! else the client IP). Every limited route answers with the IETF draft's
+//! `RateLimit-Policy` and `RateLimit` headers; an empty bucket answers 429
+//! `rate_limited` with `Retry-After`.
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::gcra::{RatePolicy, ThrottleReply};
+use crate::app::AppState;
+use crate::auth::AuthUser;
+use crate::config::Config;
+use crate::error::Error;
+use crate::http::ClientInfo;
+
+/// The two policies: mutations are stricter than reads.
+#[derive(Clone, Debug)]
+pub struct Policies {
+    pub read: RatePolicy,
+    pub mutation: RatePolicy,
+}
+
+impl Policies {
+    pub fn from_config(config: &Config) -> Self {
+        Policies {
+            read: RatePolicy {
+                name: "read",
+                max_burst: config.rate_limit_burst_default as i64,
+                count: config.rate_limit_per_minute_default as i64,
+                period_secs: 60,
+            },
+            mutation: RatePolicy {
+                name: "mutation",
+                max_burst: config.rate_limit_burst_mutation as i64,
+                count: config.rate_limit_per_minute_mutation as i64,
+                period_secs: 60,
+            },
+        }
+    }
+
+    fn for_method(&self, method: &Method) -> &RatePolicy {
+        if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+            &self.read
+        } else {
+            &self.mutation
+        }
+    }
+}
+
+/// Probes are never limited: a throttled `/readyz` would pull a healthy pod.
+fn exempt(req: &Request) -> bool {
+    matches!(
+        req.extensions()
+            .get::<MatchedPath>()
+            .map(MatchedPath::as_str),
+        Some("/healthz" | "/readyz")
+    )
+}
+
+pub async fn rate_limit(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    if !state.config.rate_limit_enabled || exempt(&req) {
+        return next.run(req).await;
+    }
+    // Key by the verified user when the token is good; the handler will
+    // reuse this result rather than verify again. A bad token is keyed by
+    // IP, and the handler refuses it.
+    let subject = match state.auth.verify_headers(req.headers()) {
+        Ok(user) => {
+            let key = format!("user:{user}");
+            req.extensions_mut().insert(AuthUser(user));
+            key
+        }
+        Err(_) => {
+            let ip = req
+                .extensions()
+                .get::<ClientInfo>()
+                .map(|c| c.ip.to_string())
+                .unwrap_or_else(|| "unknown".into());
+            format!("ip:{ip}")
+        }
+    };
+    let policy = state.policies.for_method(req.method()).clone();
+    let key = format!("{}:{subject}", policy.name);
+    match state.limiter.throttle(&key, &policy, 1).await {
+        Ok(reply) if reply.limited => {
+            tracing::info!(scope = policy.name, "rate limited");
+            let retry = reply.retry_after_secs().max(1) as u64;
+            let mut response = Error::RateLimited(retry).into_response();
+            set_headers(response.headers_mut(), &policy, &reply);
+            response
+        }
+        Ok(reply) => {
+            let mut response = next.run(req).await;
+            set_headers(response.headers_mut(), &policy, &reply);
+            response
+        }
+        Err(e) => {
+            // The limiter is a guard, not a dependency: when it fails, serve.
+            tracing::warn!(error.message = %e, scope = policy.name, "rate limiter failed; request allowed");
+            next.run(req).await
+        }
+    }
+}
+
+/// `RateLimit-Policy: "read";q=31;w=16` and `RateLimit: "read";r=30;t=1`
+/// (draft-ietf-httpapi-ratelimit-headers): quota `q` over window `w`
+/// seconds, `r` remaining, full again in `t` seconds.
+fn set_headers(headers: &mut HeaderMap, policy: &RatePolicy, reply: &ThrottleReply) {
+    let policy_value = format!(
+        "\"{}\";q={};w={}",
+        policy.name,
+        policy.limit(),
+        policy.window_secs()
+    );
+    let state_value = format!(
+        "\"{}\";r={};t={}",
+        policy.name,
+        reply.remaining.max(0),
+        reply.reset_after_secs().max(0)
+    );
+    if let Ok(v) = HeaderValue::from_str(&policy_value) {
+        headers.insert("ratelimit-policy", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&state_value) {
+        headers.insert("ratelimit", v);
+    }
+}

@@ -1,0 +1,377 @@
+//! Rooms: one task per draft with local sockets, delivering that draft's
+//! events to its members strictly in seq order, each exactly once.
+//!
+//! Events reach a room through the `RoomRegistry`, which never blocks: it
+//! hands each event to the room's bounded queue, and if that queue is full it
+//! marks the room lagged instead, and the room refills from the store. Events
+//! may arrive out of order (two writers publish concurrently) or not at all
+//! (a publish failed, a queue overflowed): the room holds early arrivals and
+//! fills any gap from the store, which commits seq n before n+1.
+//!
+//! Each member has a bounded queue too; a member whose queue is full is a
+//! slow consumer, removed and told so through its kick token.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::collab::model::{Event, EventType};
+use crate::collab::validate::{Page, MAX_PAGE_LIMIT};
+use crate::error::Error;
+use crate::ports::{Fanout, Store};
+
+/// Room queue length. Past it, events are dropped and refetched from the store.
+const ROOM_QUEUE: usize = 1024;
+/// How soon a room retries a store read that failed while filling a gap.
+const GAP_RETRY: Duration = Duration::from_millis(500);
+
+/// An event serialized once per room, shared by every member's queue.
+#[derive(Debug)]
+pub struct Frame {
+    pub seq: u64,
+    pub event_type: EventType,
+    pub text: Utf8Bytes,
+}
+
+impl Frame {
+    pub fn new(event: &Event) -> Result<Self, Error> {
+        let text = serde_json::to_string(event).map_err(Error::internal)?;
+        Ok(Frame {
+            seq: event.seq,
+            event_type: event.event_type,
+            text: text.into(),
+        })
+    }
+}
+
+/// A socket in a room.
+pub struct Member {
+    pub connection_id: Uuid,
+    pub tx: mpsc::Sender<Arc<Frame>>,
+    /// Cancelled by the room when the member's queue overflows.
+    pub kick: CancellationToken,
+}
+
+enum RoomMsg {
+    Deliver(Event),
+    Join {
+        member: Member,
+        reply: oneshot::Sender<Result<u64, Error>>,
+    },
+    Leave(Uuid),
+    /// Compare the head with the store and fill anything missed.
+    Resync,
+    Stop,
+}
+
+struct RoomHandle {
+    tx: mpsc::Sender<RoomMsg>,
+    /// Sockets joined or joining; the room stops when this reaches zero.
+    members: usize,
+    lagged: Arc<AtomicBool>,
+}
+
+/// Routes events to this process's rooms. Cheap to clone; fanout adapters
+/// hold one to deliver what they receive.
+#[derive(Clone, Default)]
+pub struct RoomRegistry {
+    /// A std `Mutex`: held only to look up or update a handle, never across `.await`.
+    rooms: Arc<Mutex<HashMap<Uuid, RoomHandle>>>,
+}
+
+impl RoomRegistry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, RoomHandle>> {
+        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hands an event to its room, if this process has one. Never blocks.
+    pub fn deliver(&self, event: Event) {
+        let rooms = self.lock();
+        if let Some(room) = rooms.get(&event.draft_id) {
+            if room.tx.try_send(RoomMsg::Deliver(event)).is_err() {
+                room.lagged.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// Asks every room to check its head against the store, e.g. after the
+    /// fanout reconnected and may have missed events.
+    pub fn resync_all(&self) {
+        for room in self.lock().values() {
+            if room.tx.try_send(RoomMsg::Resync).is_err() {
+                room.lagged.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// Rooms with at least one local socket.
+    pub fn local_rooms(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// Joins sockets to rooms and starts and stops room tasks.
+#[derive(Clone)]
+pub struct Hub {
+    registry: RoomRegistry,
+    store: Arc<dyn Store>,
+    fanout: Arc<dyn Fanout>,
+}
+
+impl Hub {
+    pub fn new(registry: RoomRegistry, store: Arc<dyn Store>, fanout: Arc<dyn Fanout>) -> Self {
+        Hub {
+            registry,
+            store,
+            fanout,
+        }
+    }
+
+    pub fn registry(&self) -> &RoomRegistry {
+        &self.registry
+    }
+
+    /// Adds a member to the draft's room and returns the room's head: the
+    /// member will receive every event after it, and only those.
+    pub async fn join(&self, draft_id: Uuid, member: Member) -> Result<u64, Error> {
+        let tx = {
+            let mut rooms = self.registry.lock();
+            let room = rooms
+                .entry(draft_id)
+                .or_insert_with(|| self.spawn_room(draft_id));
+            room.members += 1;
+            room.tx.clone()
+        };
+        let (reply, answer) = oneshot::channel();
+        let sent = tx.send(RoomMsg::Join { member, reply }).await.is_ok();
+        let head = match sent {
+            true => answer
+                .await
+                .unwrap_or_else(|_| Err(Error::internal("room stopped during join"))),
+            false => Err(Error::internal("room stopped during join")),
+        };
+        if head.is_err() {
+            self.forget(draft_id);
+        }
+        head
+    }
+
+    /// Removes a member; the room stops when its last member leaves.
+    pub async fn leave(&self, draft_id: Uuid, connection_id: Uuid) {
+        let tx = self.registry.lock().get(&draft_id).map(|r| r.tx.clone());
+        if let Some(tx) = tx {
+            let _ = tx.send(RoomMsg::Leave(connection_id)).await;
+        }
+        self.forget(draft_id);
+    }
+
+    /// Counts one member out, stopping the room when none remain.
+    fn forget(&self, draft_id: Uuid) {
+        let mut rooms = self.registry.lock();
+        if let Some(room) = rooms.get_mut(&draft_id) {
+            room.members = room.members.saturating_sub(1);
+            if room.members == 0 {
+                let room = rooms.remove(&draft_id).expect("present above");
+                // The room may be busy; Stop waits its turn without blocking us.
+                tokio::spawn(async move {
+                    let _ = room.tx.send(RoomMsg::Stop).await;
+                });
+            }
+        }
+    }
+
+    fn spawn_room(&self, draft_id: Uuid) -> RoomHandle {
+        let (tx, rx) = mpsc::channel(ROOM_QUEUE);
+        let lagged = Arc::new(AtomicBool::new(false));
+        let room = Room {
+            draft_id,
+            head: None,
+            pending: BTreeMap::new(),
+            members: HashMap::new(),
+            store: self.store.clone(),
+            fanout: self.fanout.clone(),
+            lagged: lagged.clone(),
+            retry_gap: false,
+        };
+        let span = tracing::info_span!("room", draft_id = %draft_id);
+        tokio::spawn(room.run(rx).instrument(span));
+        RoomHandle {
+            tx,
+            members: 0,
+            lagged,
+        }
+    }
+}
+
+struct Room {
+    draft_id: Uuid,
+    /// The seq of the last event delivered; `None` until read from the store.
+    head: Option<u64>,
+    /// Events that arrived ahead of a gap, by seq.
+    pending: BTreeMap<u64, Event>,
+    members: HashMap<Uuid, Member>,
+    store: Arc<dyn Store>,
+    fanout: Arc<dyn Fanout>,
+    lagged: Arc<AtomicBool>,
+    /// A store read failed while filling a gap; try again after `GAP_RETRY`.
+    retry_gap: bool,
+}
+
+impl Room {
+    async fn run(mut self, mut rx: mpsc::Receiver<RoomMsg>) {
+        if let Err(e) = self.fanout.subscribe(self.draft_id).await {
+            // Local events still arrive; a resync after reconnect fills the rest.
+            tracing::warn!(error.message = %e, "room subscribe failed");
+        }
+        let _ = self.load_head().await;
+        loop {
+            let msg = tokio::select! {
+                msg = rx.recv() => msg,
+                _ = tokio::time::sleep(GAP_RETRY), if self.retry_gap => Some(RoomMsg::Resync),
+            };
+            match msg {
+                None | Some(RoomMsg::Stop) => break,
+                Some(RoomMsg::Deliver(event)) => {
+                    if self.head.is_none_or(|head| event.seq > head) {
+                        self.pending.insert(event.seq, event);
+                    }
+                    self.advance().await;
+                }
+                Some(RoomMsg::Join { member, reply }) => {
+                    let head = self.load_head().await;
+                    if head.is_ok() {
+                        self.members.insert(member.connection_id, member);
+                    }
+                    let _ = reply.send(head);
+                }
+                Some(RoomMsg::Leave(id)) => {
+                    self.members.remove(&id);
+                }
+                Some(RoomMsg::Resync) => {
+                    self.retry_gap = false;
+                    self.fill_from_store(None).await;
+                    self.advance().await;
+                }
+            }
+            if self.lagged.swap(false, Ordering::AcqRel) {
+                self.fill_from_store(None).await;
+                self.advance().await;
+            }
+        }
+        if let Err(e) = self.fanout.unsubscribe(self.draft_id).await {
+            tracing::warn!(error.message = %e, "room unsubscribe failed");
+        }
+    }
+
+    async fn load_head(&mut self) -> Result<u64, Error> {
+        if let Some(head) = self.head {
+            return Ok(head);
+        }
+        let draft = self
+            .store
+            .get_draft(self.draft_id)
+            .await?
+            .ok_or_else(|| Error::NotFound("draft not found".into()))?;
+        self.head = Some(draft.seq);
+        self.pending = self.pending.split_off(&(draft.seq + 1));
+        Ok(draft.seq)
+    }
+
+    /// Delivers pending events while they continue the head; at a gap, fills
+    /// from the store.
+    async fn advance(&mut self) {
+        if self.load_head().await.is_err() {
+            self.retry_gap = true;
+            return;
+        }
+        while let Some((&seq, _)) = self.pending.first_key_value() {
+            let head = self.head.expect("loaded above");
+            if seq <= head {
+                self.pending.pop_first();
+            } else if seq == head + 1 {
+                let (_, event) = self.pending.pop_first().expect("peeked");
+                self.broadcast(&event);
+            } else if !self.fill_from_store(Some(seq)).await {
+                return;
+            }
+        }
+    }
+
+    /// Delivers events after the head from the store: all of them (`until`
+    /// is `None`) or those before `until`, keeping later ones pending. False
+    /// when the store failed or does not (yet) hold the missing events; the
+    /// room then retries after `GAP_RETRY`.
+    async fn fill_from_store(&mut self, until: Option<u64>) -> bool {
+        loop {
+            let Some(head) = self.head else { return false };
+            if until.is_some_and(|u| head + 1 >= u) {
+                return true;
+            }
+            let page = Page {
+                after: head,
+                limit: MAX_PAGE_LIMIT,
+            };
+            let events = match self.store.events(self.draft_id, page).await {
+                Ok(events) => events,
+                Err(e) => {
+                    tracing::warn!(error.message = %e, after = head, "gap fill from store failed");
+                    self.retry_gap = true;
+                    return false;
+                }
+            };
+            let fetched = events.len();
+            for event in events {
+                let next = self.head.is_some_and(|h| event.seq == h + 1);
+                if next && until.is_none_or(|u| event.seq < u) {
+                    self.broadcast(&event);
+                } else if self.head.is_some_and(|h| event.seq > h) {
+                    self.pending.entry(event.seq).or_insert(event);
+                }
+            }
+            if self.head == Some(head) {
+                // No progress: with a gap to close, the store lacks events it
+                // should have; without one, we are simply up to date.
+                if until.is_some() {
+                    self.retry_gap = true;
+                    return false;
+                }
+                return true;
+            }
+            if until.is_none() && fetched < MAX_PAGE_LIMIT as usize {
+                return true;
+            }
+        }
+    }
+
+    /// Sends one event to every member and advances the head.
+    fn broadcast(&mut self, event: &Event) {
+        self.head = Some(event.seq);
+        let frame = match Frame::new(event) {
+            Ok(frame) => Arc::new(frame),
+            Err(e) => {
+                tracing::error!(error.message = %e, seq = event.seq, "event not serializable");
+                return;
+            }
+        };
+        self.members
+            .retain(|_, member| match member.tx.try_send(frame.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    member.kick.cancel();
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            });
+    }
+}

@@ -1,0 +1,441 @@
+//! One WebSocket session: admission (collaborator, socket caps), the `ready`
+//! frame, replay of `since`, then live events and client pings until the
+//! client leaves, is too slow, breaks the rules, or the server drains.
+//!
+//! Every close carries a reason: an error frame `{"type":"error","code",
+//! "message"}` first, then a close frame whose reason is the same code.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap};
+use axum::response::Response;
+use futures_util::SinkExt;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use super::hub::{Frame, Member};
+use crate::app::AppState;
+use crate::collab::model::Draft;
+use crate::collab::rules::require_member;
+use crate::collab::validate::{Page, MAX_PAGE_LIMIT};
+use crate::error::{current_request_id, Error};
+use crate::http::extract::DraftId;
+use crate::ports::{Admission, SocketClaim};
+
+/// How long a closing handshake may take before the connection is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Close codes of RFC 6455.
+const CLOSE_GOING_AWAY: u16 = 1001;
+const CLOSE_POLICY: u16 = 1008;
+const CLOSE_TRY_AGAIN: u16 = 1013;
+
+/// `GET /v1/collab/drafts/:id/ws?since=N[&access_token=...]`
+pub async fn upgrade(
+    State(state): State<AppState>,
+    DraftId(draft_id): DraftId,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, Error> {
+    if state.shutdown.is_cancelled() {
+        return Err(Error::Unavailable(
+            "draining: not accepting new sockets".into(),
+        ));
+    }
+    let ws = ws.map_err(|_| Error::Validation("expected a WebSocket upgrade request".into()))?;
+    check_origin(&headers, &state.config.ws_allowed_origins)?;
+    let user_id = match params.get("access_token") {
+        Some(token) if !headers.contains_key(header::AUTHORIZATION) => state.auth.verify(token)?,
+        _ => state.auth.verify_headers(&headers)?,
+    };
+    tracing::Span::current().record("user_id", user_id.as_str());
+    let since = match params.get("since") {
+        None => None,
+        Some(text) => Some(
+            text.parse::<u64>()
+                .map_err(|_| Error::Validation("since must be a non-negative integer".into()))?,
+        ),
+    };
+    let draft = state
+        .collab
+        .store()
+        .get_draft(draft_id)
+        .await?
+        .ok_or_else(|| Error::NotFound("draft not found".into()))?;
+    if since.is_some_and(|s| s > draft.seq) {
+        return Err(Error::Validation(format!(
+            "since is ahead of the draft's head ({})",
+            draft.seq
+        )));
+    }
+    let max = state.config.ws_max_message_bytes as usize;
+    // tungstenite refuses far larger messages itself; between `max` and that
+    // bound the session answers with a proper `payload_too_large` frame.
+    let hard_max = (max * 4).max(64 * 1024);
+    let session = Session {
+        state: state.clone(),
+        connection_id: Uuid::new_v4(),
+        user_id,
+        draft,
+        since,
+        request_id: current_request_id(),
+    };
+    let span = tracing::info_span!(
+        "ws",
+        connection_id = %session.connection_id,
+        draft_id = %draft_id,
+        user_id = %session.user_id,
+        request_id = %session.request_id,
+    );
+    let tracker = state.sockets.clone();
+    Ok(ws
+        .max_message_size(hard_max)
+        .max_frame_size(hard_max)
+        .on_upgrade(move |socket| tracker.track_future(session.run(socket).instrument(span))))
+}
+
+/// Browsers send `Origin`; when an allow-list is set, it must match. Clients
+/// that send none (servers, CLIs) are not cross-site and pass.
+fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), Error> {
+    if allowed.iter().any(|o| o == "*") {
+        return Ok(());
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or_default();
+    if allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
+        Ok(())
+    } else {
+        Err(Error::Forbidden("origin not allowed".into()))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum Inbound {
+    Ping,
+}
+
+/// Why a session ends, and what the client is told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ending {
+    /// The client closed or vanished; nothing to say.
+    ClientGone,
+    Shutdown,
+    SlowConsumer,
+    TooLarge,
+    BadMessage,
+    Forbidden,
+    Limit,
+    Unavailable,
+}
+
+impl Ending {
+    /// (code, message, close code), or `None` when there is no one to tell.
+    fn notice(self) -> Option<(&'static str, &'static str, u16)> {
+        Some(match self {
+            Ending::ClientGone => return None,
+            Ending::Shutdown => (
+                "shutdown",
+                "server is shutting down; reconnect with since",
+                CLOSE_GOING_AWAY,
+            ),
+            Ending::SlowConsumer => (
+                "slow_consumer",
+                "client is not reading fast enough; reconnect with since",
+                CLOSE_TRY_AGAIN,
+            ),
+            Ending::TooLarge => (
+                "payload_too_large",
+                "message exceeds WS_MAX_MESSAGE_BYTES",
+                CLOSE_POLICY,
+            ),
+            Ending::BadMessage => (
+                "bad_message",
+                "expected a JSON text frame {\"type\":\"ping\"}",
+                CLOSE_POLICY,
+            ),
+            Ending::Forbidden => (
+                "forbidden",
+                "you are not a collaborator on this draft",
+                CLOSE_POLICY,
+            ),
+            Ending::Limit => ("ws_limit", "too many open sockets", CLOSE_POLICY),
+            Ending::Unavailable => (
+                "unavailable",
+                "service temporarily unavailable, retry later",
+                CLOSE_TRY_AGAIN,
+            ),
+        })
+    }
+}
+
+struct Session {
+    state: AppState,
+    connection_id: Uuid,
+    user_id: String,
+    draft: Draft,
+    since: Option<u64>,
+    request_id: String,
+}
+
+impl Session {
+    async fn run(self, mut socket: WebSocket) {
+        let started = Instant::now();
+        let ending = self.admit_and_serve(&mut socket).await;
+        match ending {
+            Ending::SlowConsumer => tracing::warn!(reason = "slow_consumer", "socket closed"),
+            Ending::ClientGone => tracing::info!(reason = "normal", "socket closed"),
+            other => tracing::info!(reason = ?other, "socket closed"),
+        }
+        tracing::debug!(
+            duration_ms = started.elapsed().as_millis() as u64,
+            "session ended"
+        );
+        close(&mut socket, ending).await;
+    }
+
+    async fn admit_and_serve(&self, socket: &mut WebSocket) -> Ending {
+        if require_member(&self.draft, &self.user_id).is_err() {
+            return Ending::Forbidden;
+        }
+        let claim = SocketClaim {
+            connection_id: self.connection_id,
+            user_id: self.user_id.clone(),
+            draft_id: self.draft.id,
+        };
+        match self
+            .state
+            .leases
+            .acquire(&claim, &self.state.socket_caps)
+            .await
+        {
+            Ok(Admission::Admitted) => {}
+            Ok(Admission::Refused(scope)) => {
+                tracing::info!(scope = scope.as_str(), "socket refused by cap");
+                return Ending::Limit;
+            }
+            Err(e) => {
+                tracing::warn!(error.message = %e, "socket lease unavailable");
+                return Ending::Unavailable;
+            }
+        }
+        let ending = self.serve(socket).await;
+        if let Err(e) = self.state.leases.release(self.connection_id).await {
+            tracing::warn!(error.message = %e, "socket lease release failed");
+        }
+        ending
+    }
+
+    async fn serve(&self, socket: &mut WebSocket) -> Ending {
+        let queue = self.state.config.ws_outbound_queue as usize;
+        let (tx, mut rx) = mpsc::channel(queue);
+        let kick = CancellationToken::new();
+        let member = Member {
+            connection_id: self.connection_id,
+            tx,
+            kick: kick.clone(),
+        };
+        let hub = &self.state.hub;
+        let head = match hub.join(self.draft.id, member).await {
+            Ok(head) => head,
+            Err(e) => {
+                tracing::warn!(error.message = %e, "joining the room failed");
+                return Ending::Unavailable;
+            }
+        };
+        let signals = Signals {
+            kick,
+            shutdown: self.state.shutdown.clone(),
+        };
+        let ending = self.stream(socket, &mut rx, head, &signals).await;
+        hub.leave(self.draft.id, self.connection_id).await;
+        ending
+    }
+
+    async fn stream(
+        &self,
+        socket: &mut WebSocket,
+        rx: &mut mpsc::Receiver<Arc<Frame>>,
+        head: u64,
+        signals: &Signals,
+    ) -> Ending {
+        let ready = json!({
+            "type": "ready",
+            "connection_id": self.connection_id,
+            "draft_id": self.draft.id,
+            "seq": head,
+        });
+        if let Err(ending) = signals
+            .send(socket, Message::Text(ready.to_string().into()))
+            .await
+        {
+            return ending;
+        }
+        tracing::info!(seq = head, since = self.since, "socket joined");
+        let mut last_sent = self.since.unwrap_or(head);
+        if let Err(ending) = self.replay(socket, &mut last_sent, head, signals).await {
+            return ending;
+        }
+        let max = self.state.config.ws_max_message_bytes as usize;
+        loop {
+            tokio::select! {
+                biased;
+                _ = signals.shutdown.cancelled() => return Ending::Shutdown,
+                _ = signals.kick.cancelled() => return Ending::SlowConsumer,
+                frame = rx.recv() => {
+                    let Some(frame) = frame else {
+                        // The room let go of us: it kicked us, or it stopped.
+                        return if signals.kick.is_cancelled() { Ending::SlowConsumer } else { Ending::Unavailable };
+                    };
+                    if frame.seq <= last_sent {
+                        continue;
+                    }
+                    if frame.seq > last_sent + 1 {
+                        // Not expected (rooms deliver in order), but never skip.
+                        if let Err(ending) = self.replay(socket, &mut last_sent, frame.seq - 1, signals).await {
+                            return ending;
+                        }
+                    }
+                    if let Err(ending) = signals.send(socket, Message::Text(frame.text.clone())).await {
+                        return ending;
+                    }
+                    tracing::debug!(event_type = frame.event_type.as_str(), seq = frame.seq, "event sent");
+                    last_sent = frame.seq;
+                }
+                inbound = socket.recv() => {
+                    match inbound {
+                        None | Some(Ok(Message::Close(_))) => return Ending::ClientGone,
+                        Some(Err(e)) => return classify(e),
+                        Some(Ok(Message::Text(text))) => {
+                            if text.len() > max {
+                                return Ending::TooLarge;
+                            }
+                            match serde_json::from_str::<Inbound>(text.as_str()) {
+                                Ok(Inbound::Ping) => {
+                                    let pong = Message::Text(Utf8Bytes::from_static(r#"{"type":"pong"}"#));
+                                    if let Err(ending) = signals.send(socket, pong).await {
+                                        return ending;
+                                    }
+                                }
+                                Err(_) => return Ending::BadMessage,
+                            }
+                        }
+                        Some(Ok(Message::Binary(bytes))) => {
+                            return if bytes.len() > max { Ending::TooLarge } else { Ending::BadMessage };
+                        }
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends the stored events after `last_sent` up to `until`, in order.
+    async fn replay(
+        &self,
+        socket: &mut WebSocket,
+        last_sent: &mut u64,
+        until: u64,
+        signals: &Signals,
+    ) -> Result<(), Ending> {
+        while *last_sent < until {
+            let page = Page {
+                after: *last_sent,
+                limit: MAX_PAGE_LIMIT,
+            };
+            let events = self
+                .state
+                .collab
+                .store()
+                .events(self.draft.id, page)
+                .await
+                .map_err(|e| {
+                    tracing::warn!(error.message = %e, "replay from store failed");
+                    Ending::Unavailable
+                })?;
+            if events.is_empty() {
+                tracing::error!(
+                    after = *last_sent,
+                    until,
+                    "store has fewer events than its head"
+                );
+                return Err(Ending::Unavailable);
+            }
+            for event in events.iter().take_while(|e| e.seq <= until) {
+                let frame = Frame::new(event).map_err(|_| Ending::Unavailable)?;
+                signals.send(socket, Message::Text(frame.text)).await?;
+                *last_sent = event.seq;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Names a read error: a message over tungstenite's own bound, a protocol
+/// violation, or a connection that is simply gone.
+fn classify(error: axum::Error) -> Ending {
+    match error.into_inner().downcast::<tungstenite::Error>() {
+        Ok(e) => match *e {
+            tungstenite::Error::Capacity(_) => Ending::TooLarge,
+            tungstenite::Error::Protocol(_) | tungstenite::Error::Utf8(_) => Ending::BadMessage,
+            _ => Ending::ClientGone,
+        },
+        Err(_) => Ending::ClientGone,
+    }
+}
+
+/// The two things that can interrupt a send that the client is not reading.
+struct Signals {
+    kick: CancellationToken,
+    shutdown: CancellationToken,
+}
+
+impl Signals {
+    async fn send(&self, socket: &mut WebSocket, message: Message) -> Result<(), Ending> {
+        tokio::select! {
+            biased;
+            sent = socket.send(message) => sent.map_err(|_| Ending::ClientGone),
+            _ = self.kick.cancelled() => Err(Ending::SlowConsumer),
+            _ = self.shutdown.cancelled() => Err(Ending::Shutdown),
+        }
+    }
+}
+
+/// Tells the client why (error frame, then close frame) and completes the
+/// closing handshake, all within `CLOSE_TIMEOUT`.
+async fn close(socket: &mut WebSocket, ending: Ending) {
+    let Some((code, message, close_code)) = ending.notice() else {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.close()).await;
+        return;
+    };
+    let goodbye = async {
+        let frame = json!({ "type": "error", "code": code, "message": message });
+        socket.send(Message::Text(frame.to_string().into())).await?;
+        socket
+            .send(Message::Close(Some(CloseFrame {
+                code: close_code,
+                reason: Utf8Bytes::from_static(code),
+            })))
+            .await?;
+        // Read until the client's close reply, so the connection ends with a
+        // clean handshake rather than a reset that could eat the frames.
+        while let Some(Ok(message)) = socket.recv().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+        Ok::<_, axum::Error>(())
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await;
+}
