@@ -2,6 +2,8 @@
 //! Span fields (`request_id`, `user_id`, `draft_id`, `connection_id`) ride on
 //! every line logged inside the span.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::fmt::format::FmtSpan;
 use tracing_subscriber::EnvFilter;
 
@@ -20,6 +22,9 @@ pub fn init_logging(format: LogFormat, filter: &str) {
             .with_current_span(true)
             .with_span_list(false)
             .init(),
-        LogFormat::Pretty => builder.compact().init(),
+        LogFormat::Pretty => builder
+            .compact()
+            .with_ansi(std::io::stdout().is_terminal())
+            .init(),
     }
 }

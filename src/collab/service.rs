@@ -77,7 +77,6 @@ impl CollabService {
             updated_at: ts,
         };
         self.store.create_draft(&draft).await?;
-        tracing::Span::current().record("draft_id", tracing::field::display(draft.id));
         tracing::info!(draft_id = %draft.id, "draft created");
         self.auditor
             .record(
@@ -125,7 +124,7 @@ impl CollabService {
         self.store.events(draft_id, page).await
     }
 
-    #[instrument(skip_all, fields(draft_id = %draft_id))]
+    #[instrument(skip_all)]
     pub async fn append(
         &self,
         actor: &Actor,
@@ -188,7 +187,7 @@ impl CollabService {
         }
     }
 
-    #[instrument(skip_all, fields(draft_id = %draft_id))]
+    #[instrument(skip_all)]
     pub async fn pass_ring(&self, actor: &Actor, draft_id: Uuid, to: &str) -> Result<Draft, Error> {
         validate::user_id(to)?;
         let outcome = self
@@ -218,7 +217,7 @@ impl CollabService {
     }
 
     /// Adds a collaborator; the flag says whether anything changed.
-    #[instrument(skip_all, fields(draft_id = %draft_id))]
+    #[instrument(skip_all)]
     pub async fn add_collaborator(
         &self,
         actor: &Actor,

@@ -145,14 +145,14 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
     }
     let status = response.status().as_u16();
     let error_code = response.extensions().get::<ErrorCode>().map(|c| c.0);
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let latency_us = started.elapsed().as_micros() as u64;
     span.in_scope(|| {
         if status >= 500 {
-            tracing::warn!(status, latency_ms, error_code, "request failed");
+            tracing::warn!(status, latency_us, error_code, "request failed");
         } else if method == Method::GET && (route == "/healthz" || route == "/readyz") {
-            tracing::debug!(status, latency_ms, error_code, "probe answered");
+            tracing::debug!(status, latency_us, error_code, "probe answered");
         } else {
-            tracing::info!(status, latency_ms, error_code, "request completed");
+            tracing::info!(status, latency_us, error_code, "request completed");
         }
     });
     response

@@ -1,0 +1,405 @@
+//! Test harness: `spawn_app()` starts the real server on 127.0.0.1:0 with its
+//! own memory backends, and gives HTTP and WebSocket helpers that read like
+//! the story of a test. Logs print only when TEST_LOG is set.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use collabd::adapters::memory::MemoryAudit;
+use collabd::app::{run, AppState, Backends};
+use collabd::auth::Authenticator;
+use collabd::config::Config;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long any single wait in a test may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(15);
+
+static LOGS: Once = Once::new();
+
+fn init_logs() {
+    LOGS.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            collabd::telemetry::init_logging(collabd::config::LogFormat::Pretty, "debug");
+        }
+    });
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub audit: Arc<MemoryAudit>,
+    pub state: AppState,
+    auth: Authenticator,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_with(|_| {}).await
+}
+
+/// Starts a server whose configuration `adjust` has changed from the defaults.
+pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+    let audit = Arc::new(MemoryAudit::new());
+    spawn_with_backends(adjust, Backends::memory(audit.clone()), audit).await
+}
+
+pub async fn spawn_with_backends(
+    adjust: impl FnOnce(&mut Config),
+    backends: Backends,
+    audit: Arc<MemoryAudit>,
+) -> TestApp {
+    init_logs();
+    let mut config = Config::defaults();
+    config.auth_jwt_secret = "test-secret".into();
+    config.shutdown_timeout_seconds = 5;
+    adjust(&mut config);
+    config.validate().expect("test config is valid");
+    let auth = Authenticator::new(&config.auth_jwt_secret);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = AppState::new(config, backends);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(run(listener, state.clone(), async move {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        addr,
+        base: format!("http://{addr}"),
+        http: reqwest::Client::new(),
+        audit,
+        state,
+        auth,
+        stop: Some(stop),
+        server: Some(server),
+    }
+}
+
+/// A response, read whole: status, headers and JSON body.
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    /// The error code of an error envelope, checking the envelope's shape.
+    pub fn code(&self) -> &str {
+        let error = &self.body["error"];
+        assert!(
+            error["message"].is_string(),
+            "envelope lacks a message: {}",
+            self.body
+        );
+        assert!(
+            error["request_id"].is_string(),
+            "envelope lacks a request_id: {}",
+            self.body
+        );
+        error["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("not an error envelope: {}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+pub async fn read_reply(response: reqwest::Response) -> Reply {
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = response.bytes().await.unwrap();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| panic!("body is not JSON: {}", String::from_utf8_lossy(&bytes)))
+    };
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+impl TestApp {
+    pub fn token(&self, user: &str) -> String {
+        self.auth.mint(user, Duration::from_secs(3600)).unwrap()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn get(&self, user: &str, path: &str) -> Reply {
+        let response = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(self.token(user))
+            .send()
+            .await
+            .unwrap();
+        read_reply(response).await
+    }
+
+    pub async fn post(&self, user: &str, path: &str, body: Value) -> Reply {
+        let response = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(self.token(user))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        read_reply(response).await
+    }
+
+    /// Creates a draft owned by `user` and returns its id.
+    pub async fn create_draft(&self, user: &str, title: &str) -> String {
+        let reply = self
+            .post(user, "/v1/collab/drafts", json!({ "title": title }))
+            .await;
+        assert_eq!(reply.status, 201, "create failed: {}", reply.body);
+        reply.body["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn add(&self, owner: &str, draft: &str, user: &str, role: &str) -> Reply {
+        self.post(
+            owner,
+            &format!("/v1/collab/drafts/{draft}/collaborators"),
+            json!({ "user_id": user, "role": role }),
+        )
+        .await
+    }
+
+    pub async fn append(&self, user: &str, draft: &str, content: &str) -> Reply {
+        self.post(
+            user,
+            &format!("/v1/collab/drafts/{draft}/segments"),
+            json!({ "content": content }),
+        )
+        .await
+    }
+
+    pub async fn pass(&self, user: &str, draft: &str, to: &str) -> Reply {
+        self.post(
+            user,
+            &format!("/v1/collab/drafts/{draft}/ring/pass"),
+            json!({ "to_user_id": to }),
+        )
+        .await
+    }
+
+    pub async fn head(&self, user: &str, draft: &str) -> u64 {
+        let reply = self.get(user, &format!("/v1/collab/drafts/{draft}")).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply.body["seq"].as_u64().unwrap()
+    }
+
+    pub fn ws_url(&self, draft: &str, query: &str) -> String {
+        format!("ws://{}/v1/collab/drafts/{draft}/ws{query}", self.addr)
+    }
+
+    /// Opens a socket as `user` (token in the header) and returns it unread.
+    pub async fn ws_raw(&self, user: &str, draft: &str, query: &str) -> WsClient {
+        let mut request = self.ws_url(draft, query).into_client_request().unwrap();
+        request.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", self.token(user)).parse().unwrap(),
+        );
+        WsClient::connect(request).await
+    }
+
+    /// Opens a socket and reads its `ready` frame.
+    pub async fn ws(&self, user: &str, draft: &str, since: Option<u64>) -> (WsClient, Value) {
+        let query = since.map(|s| format!("?since={s}")).unwrap_or_default();
+        let mut ws = self.ws_raw(user, draft, &query).await;
+        let ready = ws.next_json().await;
+        assert_eq!(ready["type"], "ready", "first frame: {ready}");
+        (ws, ready)
+    }
+
+    /// Starts draining, as SIGTERM would.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Drains and waits for the server to return.
+    pub async fn shutdown(mut self) -> std::io::Result<()> {
+        self.begin_shutdown();
+        let server = self.server.take().unwrap();
+        within(server).await.unwrap()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(server) = &self.server {
+            server.abort();
+        }
+    }
+}
+
+/// Waits for a future, failing the test after `DEADLINE`.
+pub async fn within<F: Future>(future: F) -> F::Output {
+    tokio::time::timeout(DEADLINE, future)
+        .await
+        .expect("timed out waiting for a condition")
+}
+
+/// Polls `check` until it returns true, failing the test after `DEADLINE`.
+pub async fn eventually<F, Fut>(mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    within(async {
+        while !check().await {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+}
+
+pub struct WsClient {
+    stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// How a socket ended: the last error frame's code and the close frame.
+#[derive(Debug, PartialEq)]
+pub struct Closed {
+    pub error_code: Option<String>,
+    pub close_code: Option<u16>,
+    pub reason: Option<String>,
+}
+
+impl WsClient {
+    pub async fn connect(
+        request: tokio_tungstenite::tungstenite::handshake::client::Request,
+    ) -> WsClient {
+        Self::try_connect(request).await.expect("websocket connect")
+    }
+
+    pub async fn try_connect(
+        request: tokio_tungstenite::tungstenite::handshake::client::Request,
+    ) -> Result<WsClient, tokio_tungstenite::tungstenite::Error> {
+        let (stream, _) = within(tokio_tungstenite::connect_async(request)).await?;
+        Ok(WsClient { stream })
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.stream
+            .send(Message::Text(text.to_owned().into()))
+            .await
+            .unwrap();
+    }
+
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) {
+        self.stream
+            .send(Message::Binary(bytes.into()))
+            .await
+            .unwrap();
+    }
+
+    /// The next JSON text frame.
+    pub async fn next_json(&mut self) -> Value {
+        loop {
+            let message = within(self.stream.next())
+                .await
+                .expect("socket ended")
+                .expect("socket error");
+            match message {
+                Message::Text(text) => return serde_json::from_str(text.as_str()).unwrap(),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Reads `n` events and returns their seqs, in arrival order.
+    pub async fn next_seqs(&mut self, n: usize) -> Vec<u64> {
+        let mut seqs = Vec::with_capacity(n);
+        while seqs.len() < n {
+            let frame = self.next_json().await;
+            seqs.push(
+                frame["seq"]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("no seq in {frame}")),
+            );
+        }
+        seqs
+    }
+
+    /// Reads until the server closes, returning the last error frame's code,
+    /// the close frame and the seqs of any events read on the way.
+    pub async fn until_closed(&mut self) -> (Closed, Vec<u64>) {
+        let mut closed = Closed {
+            error_code: None,
+            close_code: None,
+            reason: None,
+        };
+        let mut seqs = Vec::new();
+        loop {
+            match within(self.stream.next()).await {
+                None | Some(Err(_)) => return (closed, seqs),
+                Some(Ok(Message::Text(text))) => {
+                    let frame: Value = serde_json::from_str(text.as_str()).unwrap();
+                    if frame["type"] == "error" {
+                        closed.error_code = frame["code"].as_str().map(str::to_owned);
+                    } else if let Some(seq) = frame["seq"].as_u64() {
+                        if frame["type"] != "ready" {
+                            seqs.push(seq);
+                        }
+                    }
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    if let Some(frame) = frame {
+                        closed.close_code = Some(u16::from(frame.code));
+                        closed.reason = Some(frame.reason.to_string());
+                    }
+                    return (closed, seqs);
+                }
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Expects the server to end the socket with this error code and close code.
+    pub async fn expect_closed(&mut self, code: &str, close_code: u16) {
+        let (closed, _) = self.until_closed().await;
+        assert_eq!(
+            closed,
+            Closed {
+                error_code: Some(code.to_owned()),
+                close_code: Some(close_code),
+                reason: Some(code.to_owned()),
+            }
+        );
+    }
+
+    pub async fn close(mut self) {
+        let _ = self
+            .stream
+            .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: CloseCode::Normal,
+                reason: "bye".into(),
+            }))
+            .await;
+    }
+}
