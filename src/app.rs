@@ -2,8 +2,9 @@
 //! already-bound listener until the shutdown future resolves, then drain.
 //!
 //! Draining: readiness turns false, new sockets are refused, every open
-//! socket is told `shutdown` and closed with 1001, in-flight requests finish,
-//! all within `SHUTDOWN_TIMEOUT_SECONDS`.
+//! socket is told `shutdown` and closed with 1001; after
+//! `SHUTDOWN_DRAIN_DELAY_SECONDS` the listener closes and in-flight requests
+//! finish, all within `SHUTDOWN_TIMEOUT_SECONDS` of each step.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -143,13 +144,19 @@ pub async fn run(
     let drain = state.shutdown.clone();
     let sockets = state.sockets.clone();
     let grace = state.config.shutdown_timeout();
+    let delay = std::time::Duration::from_secs(state.config.shutdown_drain_delay_seconds);
     let app = crate::http::router(state).into_make_service_with_connect_info::<SocketAddr>();
     let signal = {
         let drain = drain.clone();
         async move {
             shutdown.await;
-            tracing::info!("shutdown requested: draining");
+            tracing::info!(
+                delay_seconds = delay.as_secs(),
+                "shutdown requested: draining"
+            );
             drain.cancel();
+            // Readiness is already false; give load balancers time to see it.
+            tokio::time::sleep(delay).await;
         }
     };
     let server = axum::serve(listener, app).with_graceful_shutdown(signal);

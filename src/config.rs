@@ -150,6 +150,10 @@ pub struct Config {
     /// On SIGTERM: how long open sockets and requests get to finish.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 10)]
     pub shutdown_timeout_seconds: u64,
+    /// On SIGTERM: how long to keep accepting (answering /readyz with 503)
+    /// before closing the listener, so a load balancer can notice first.
+    #[arg(long, env = "SHUTDOWN_DRAIN_DELAY_SECONDS", default_value_t = 0)]
+    pub shutdown_drain_delay_seconds: u64,
 }
 
 /// A configuration that cannot run, naming the variable at fault.

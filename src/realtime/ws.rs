@@ -78,9 +78,11 @@ pub async fn upgrade(
         )));
     }
     let max = state.config.ws_max_message_bytes as usize;
-    // tungstenite refuses far larger messages itself; between `max` and that
-    // bound the session answers with a proper `payload_too_large` frame.
-    let hard_max = (max * 4).max(64 * 1024);
+    // tungstenite refuses far larger messages itself, mid-read, and then the
+    // close handshake cannot complete (the rest of the message is unread).
+    // Up to this bound the session reads the message whole and answers with
+    // a clean `payload_too_large` close; past it the close is best effort.
+    let hard_max = (max * 16).max(1 << 20);
     let session = Session {
         state: state.clone(),
         connection_id: Uuid::new_v4(),

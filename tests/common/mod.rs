@@ -310,6 +310,14 @@ impl WsClient {
             .unwrap();
     }
 
+    /// Sends without caring whether the server is still listening.
+    pub async fn send_text_unchecked(&mut self, text: &str) {
+        let _ = self
+            .stream
+            .send(Message::Text(text.to_owned().into()))
+            .await;
+    }
+
     pub async fn send_binary(&mut self, bytes: Vec<u8>) {
         self.stream
             .send(Message::Binary(bytes.into()))
@@ -373,6 +381,9 @@ impl WsClient {
                         closed.close_code = Some(u16::from(frame.code));
                         closed.reason = Some(frame.reason.to_string());
                     }
+                    // Keep polling so the client's close reply goes out and
+                    // the handshake completes, as a real client's would.
+                    while let Some(Ok(_)) = within(self.stream.next()).await {}
                     return (closed, seqs);
                 }
                 Some(Ok(_)) => {}

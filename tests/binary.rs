@@ -1,0 +1,220 @@
+//! The built binary, as an operator runs it: `collabd token`, start-up
+//! refusals with one clear line, JSON logs in prod that carry request ids and
+//! never a token or the secret, and a clean exit on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_collabd");
+const SECRET: &str = "a-production-secret-of-at-least-32-bytes!";
+const DEADLINE: Duration = Duration::from_secs(15);
+
+/// A `collabd` command with none of the caller's collabd settings.
+fn collabd() -> Command {
+    let mut cmd = Command::new(BIN);
+    for var in [
+        "APP_ENV",
+        "AUTH_JWT_SECRET",
+        "PORT",
+        "HOST",
+        "LOG_FORMAT",
+        "LOG_LEVEL",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+fn stderr_of(cmd: &mut Command) -> (bool, String) {
+    let output = cmd.output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn prod_without_a_real_secret_refuses_to_start_with_one_line() {
+    let (ok, stderr) = stderr_of(collabd().env("APP_ENV", "prod"));
+    assert!(!ok);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("AUTH_JWT_SECRET"), "{stderr}");
+}
+
+#[test]
+fn invalid_values_name_their_variable_in_one_line() {
+    for (var, value) in [
+        ("PORT", "not-a-port"),
+        ("RATE_LIMIT_ENABLED", "perhaps"),
+        ("AUDIT_SAMPLE_RATE", "2.5"),
+        ("APP_ENV", "staging"),
+    ] {
+        let (ok, stderr) = stderr_of(collabd().env(var, value));
+        assert!(!ok, "{var}={value} started");
+        assert_eq!(stderr.trim().lines().count(), 1, "{var}: {stderr}");
+        assert!(stderr.contains(var), "{var}: {stderr}");
+    }
+}
+
+#[test]
+fn the_help_lists_the_knobs_with_their_variables() {
+    let output = collabd().args(["serve", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&output.stdout);
+    for var in [
+        "RATE_LIMIT_ENABLED",
+        "RATE_LIMIT_PER_MINUTE_DEFAULT",
+        "WS_MAX_SOCKETS_PER_USER",
+        "MAX_COLLABORATORS_PER_DRAFT",
+        "AUDIT_SAMPLE_RATE",
+        "TRUSTED_PROXIES",
+    ] {
+        assert!(help.contains(var), "{var} missing from --help");
+    }
+    assert!(
+        !help.contains("collabd-dev-secret"),
+        "the dev secret is shown"
+    );
+}
+
+struct Server {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Server {
+    fn start(envs: &[(&str, &str)]) -> Server {
+        let mut cmd = collabd();
+        cmd.envs(envs.iter().copied())
+            .env("PORT", "0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let (tx, lines) = mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        Server {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a log line matching `pred` and returns it.
+    fn wait_for(&mut self, pred: impl Fn(&str) -> bool) -> String {
+        let until = Instant::now() + DEADLINE;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no matching log line; saw {:#?}", self.seen));
+            self.seen.push(line.clone());
+            if pred(&line) {
+                return line;
+            }
+        }
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let until = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                    self.seen.push(line);
+                }
+                return status;
+            }
+            assert!(Instant::now() < until, "server did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+#[tokio::test]
+async fn prod_logs_are_json_with_request_ids_and_no_secrets() {
+    let mut server = Server::start(&[("APP_ENV", "prod"), ("AUTH_JWT_SECRET", SECRET)]);
+    let listening = server.wait_for(|l| l.contains("collabd listening"));
+    let line: Value = serde_json::from_str(&listening).expect("start-up line is JSON");
+    assert_eq!(line["mode"], "standalone");
+    let addr = line["addr"].as_str().unwrap().to_owned();
+
+    let token = String::from_utf8(
+        collabd()
+            .args(["token", "--user", "alice", "--ttl", "10m"])
+            .env("AUTH_JWT_SECRET", SECRET)
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_owned();
+    let http = reqwest::Client::new();
+    let created = http
+        .post(format!("http://{addr}/v1/collab/drafts"))
+        .bearer_auth(&token)
+        .header("x-request-id", "log-check-1")
+        .json(&serde_json::json!({ "title": "Logged" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let bad = http
+        .get(format!("http://{addr}/v1/collab/drafts"))
+        .header("authorization", "Bearer forged.token.value")
+        .header("x-request-id", "log-check-2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 401);
+
+    let done = server.wait_for(|l| l.contains("log-check-1") && l.contains("request completed"));
+    let done: Value = serde_json::from_str(&done).unwrap();
+    assert_eq!(done["status"], 201);
+    assert_eq!(done["span"]["request_id"], "log-check-1");
+    assert_eq!(done["span"]["user_id"], "alice");
+    let failed = server.wait_for(|l| l.contains("log-check-2") && l.contains("request completed"));
+    let failed: Value = serde_json::from_str(&failed).unwrap();
+    assert_eq!(failed["error_code"], "unauthorized");
+
+    let status = server.terminate();
+    assert!(status.success(), "exit status {status}");
+    for line in &server.seen {
+        assert!(
+            serde_json::from_str::<Value>(line).is_ok(),
+            "not JSON: {line}"
+        );
+        assert!(!line.contains(&token), "a token was logged: {line}");
+        assert!(
+            !line.contains("forged.token.value"),
+            "a token was logged: {line}"
+        );
+        assert!(!line.contains(SECRET), "the secret was logged: {line}");
+    }
+}

@@ -1,0 +1,349 @@
+//! The WebSocket protocol over real sockets: ready, ordered exactly-once
+//! delivery, `since` replay, ping, caps, size and message rules, origins,
+//! slow consumers and shutdown.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+#[tokio::test]
+async fn the_ready_frame_names_the_connection_and_head() {
+    let app = spawn_app().await;
+    let id = app.create_draft("alice", "Live").await;
+    app.append("alice", &id, "one").await;
+    let (ws, ready) = app.ws("alice", &id, None).await;
+    assert_eq!(ready["draft_id"], id.as_str());
+    assert_eq!(ready["seq"], 1);
+    assert!(uuid::Uuid::parse_str(ready["connection_id"].as_str().unwrap()).is_ok());
+    ws.close().await;
+}
+
+#[tokio::test]
+async fn two_watchers_see_every_event_once_in_order_while_a_writer_appends() {
+    let app = Arc::new(spawn_app().await);
+    let id = app.create_draft("alice", "Busy").await;
+    app.add("alice", &id, "bob", "viewer").await;
+    let (mut w1, r1) = app.ws("alice", &id, None).await;
+    let (mut w2, _) = app.ws("bob", &id, None).await;
+    let start = r1["seq"].as_u64().unwrap();
+
+    // Eight concurrent appenders: publishes race, the rooms must reorder.
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let (app, id) = (app.clone(), id.clone());
+            tokio::spawn(async move {
+                for n in 0..13 {
+                    let reply = app.append("alice", &id, &format!("w{w}-{n}")).await;
+                    assert_eq!(reply.status, 201);
+                }
+            })
+        })
+        .collect();
+    let expected: Vec<u64> = (start + 1..=start + 104).collect();
+    let (seen1, seen2) = tokio::join!(w1.next_seqs(104), w2.next_seqs(104));
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    assert_eq!(seen1, expected);
+    assert_eq!(seen2, expected);
+
+    // Events carry their payload and the request that caused them.
+    app.pass("alice", &id, "alice").await; // no-op, no event
+    let reply = app
+        .http
+        .post(app.url(&format!("/v1/collab/drafts/{id}/collaborators")))
+        .bearer_auth(app.token("alice"))
+        .header("x-request-id", "add-carol")
+        .json(&json!({ "user_id": "carol", "role": "editor" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 201);
+    let event = w1.next_json().await;
+    assert_eq!(event["type"], "collaborator_added");
+    assert_eq!(event["seq"], start + 105);
+    assert_eq!(event["request_id"], "add-carol");
+    assert_eq!(
+        event["data"],
+        json!({ "user_id": "carol", "role": "editor" })
+    );
+    assert!(event["ts"].is_string());
+    assert_eq!(w2.next_json().await, event);
+}
+
+#[tokio::test]
+async fn a_writer_appending_a_hundred_segments_reaches_both_watchers() {
+    let app = spawn_app().await;
+    let id = app.create_draft("alice", "Hundred").await;
+    app.add("alice", &id, "bob", "editor").await;
+    let (mut w1, _) = app.ws("bob", &id, None).await;
+    let (mut w2, _) = app.ws("alice", &id, None).await;
+    for n in 0..100 {
+        assert_eq!(app.append("alice", &id, &format!("s{n}")).await.status, 201);
+    }
+    let mut contents = Vec::new();
+    for _ in 0..100 {
+        let e = w1.next_json().await;
+        assert_eq!(e["type"], "segment_appended");
+        contents.push(e["data"]["segment"]["content"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        contents,
+        (0..100).map(|n| format!("s{n}")).collect::<Vec<_>>()
+    );
+    assert_eq!(w2.next_seqs(100).await, (2..=101).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn reconnecting_with_since_gets_exactly_the_missed_events() {
+    let app = spawn_app().await;
+    let id = app.create_draft("alice", "Resume").await;
+    for n in 0..3 {
+        app.append("alice", &id, &format!("a{n}")).await;
+    }
+    let (mut ws, _) = app.ws("alice", &id, None).await;
+    app.append("alice", &id, "a3").await;
+    let seen = ws.next_seqs(1).await;
+    assert_eq!(seen, [4]);
+    ws.close().await;
+
+    // Missed while away.
+    for n in 4..9 {
+        app.append("alice", &id, &format!("a{n}")).await;
+    }
+    let (mut ws, ready) = app.ws("alice", &id, Some(4)).await;
+    assert_eq!(ready["seq"], 9);
+    assert_eq!(ws.next_seqs(5).await, [5, 6, 7, 8, 9]);
+    // Then live, no gap, no repeat.
+    app.append("alice", &id, "a9").await;
+    assert_eq!(ws.next_seqs(1).await, [10]);
+
+    // since=0 replays everything.
+    let (mut all, _) = app.ws("alice", &id, Some(0)).await;
+    assert_eq!(all.next_seqs(10).await, (1..=10).collect::<Vec<_>>());
+    ws.close().await;
+    all.close().await;
+}
+
+#[tokio::test]
+async fn bad_upgrades_are_refused_with_the_envelope_before_the_socket_opens() {
+    let app = spawn_app().await;
+    let id = app.create_draft("alice", "Gate").await;
+    let status_of = |result: Result<WsClient, tokio_tungstenite::tungstenite::Error>| match result {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("upgrade unexpectedly accepted"),
+    };
+    // No token.
+    let request = app.ws_url(&id, "").into_client_request().unwrap();
+    assert_eq!(status_of(WsClient::try_connect(request).await), 401);
+    // Bad since, since ahead of head, unknown draft.
+    for (draft, query, status) in [
+        (id.clone(), "?since=abc", 400),
+        (id.clone(), "?since=5", 400),
+        (uuid::Uuid::new_v4().to_string(), "", 404),
+    ] {
+        let mut request = app.ws_url(&draft, query).into_client_request().unwrap();
+        request.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", app.token("alice")).parse().unwrap(),
+        );
+        assert_eq!(
+            status_of(WsClient::try_connect(request).await),
+            status,
+            "{query}"
+        );
+    }
+    // A plain GET (no upgrade) gets a JSON envelope.
+    let plain = app
+        .get("alice", &format!("/v1/collab/drafts/{id}/ws"))
+        .await;
+    assert_eq!((plain.status, plain.code()), (400, "validation_error"));
+}
+
+#[tokio::test]
+async fn browsers_authenticate_with_access_token() {
+    let app = spawn_app().await;
+    let id = app.create_draft("alice", "Browser").await;
+    let query = format!("?access_token={}", app.token("alice"));
+    let request = app.ws_url(&id, &query).into_client_request().unwrap();
+    let mut ws = WsClient::connect(request).await;
+    assert_eq!(ws.next_json().await["type"], "ready");
+}
+
+#[tokio::test]
+async fn a_non_collaborator_is_told_forbidden_and_closed_1008() {
+    let app = spawn_app().await;
+    let id = app.create_draft("alice", "Private").await;
+    let mut ws = app.ws_raw("mallory", &id, "").await;
+    ws.expect_closed("forbidden", 1008).await;
+}
+
+#[tokio::test]
+async fn ping_gets_pong_and_bad_messages_close_1008() {
+    let app = spawn_app().await;
+    let id = app.create_draft("alice", "Chatty").await;
+    let (mut ws, _) = app.ws("alice", &id, None).await;
+    ws.send_text(r#"{"type":"ping"}"#).await;
+    assert_eq!(ws.next_json().await, json!({ "type": "pong" }));
+    ws.send_text("not json").await;
+    ws.expect_closed("bad_message", 1008).await;
+
+    let (mut ws, _) = app.ws("alice", &id, None).await;
+    ws.send_binary(vec![1, 2, 3]).await;
+    ws.expect_closed("bad_message", 1008).await;
+}
+
+#[tokio::test]
+async fn an_oversized_frame_closes_1008_payload_too_large() {
+    let app = spawn_with(|c| c.ws_max_message_bytes = 1024).await;
+    let id = app.create_draft("alice", "Big").await;
+    let (mut ws, _) = app.ws("alice", &id, None).await;
+    let big = format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(2000));
+    ws.send_text(&big).await;
+    ws.expect_closed("payload_too_large", 1008).await;
+
+    // Far beyond the bound, the socket is still closed with the same code.
+    let (mut ws, _) = app.ws("alice", &id, None).await;
+    ws.send_text(&"y".repeat(200_000)).await;
+    ws.expect_closed("payload_too_large", 1008).await;
+
+    // Past tungstenite's own bound the server stops reading mid-message: the
+    // client is still told why, and the socket ends.
+    let (mut ws, _) = app.ws("alice", &id, None).await;
+    ws.send_text_unchecked(&"y".repeat(3 << 20)).await;
+    let (closed, events) = ws.until_closed().await;
+    assert_eq!(closed.error_code.as_deref(), Some("payload_too_large"));
+    assert!(events.is_empty());
+}
+
+#[tokio::test]
+async fn the_socket_after_the_cap_is_refused_with_ws_limit() {
+    let app = spawn_with(|c| {
+        c.ws_limits_enabled = true;
+        c.ws_max_sockets_per_user = 2;
+    })
+    .await;
+    let id = app.create_draft("alice", "Capped").await;
+    app.add("alice", &id, "bob", "viewer").await;
+    let (first, _) = app.ws("alice", &id, None).await;
+    let (_second, _) = app.ws("alice", &id, None).await;
+    let mut third = app.ws_raw("alice", &id, "").await;
+    third.expect_closed("ws_limit", 1008).await;
+    // Another user is not affected.
+    let (_bob, _) = app.ws("bob", &id, None).await;
+    // Closing one frees a place.
+    first.close().await;
+    eventually(|| async {
+        let mut ws = app.ws_raw("alice", &id, "").await;
+        ws.next_json().await["type"] == "ready"
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_per_draft_cost_cap_holds_without_ws_limits_enabled() {
+    let app = spawn_with(|c| c.max_ws_connections_per_draft = Some(1)).await;
+    let id = app.create_draft("alice", "One seat").await;
+    let (_first, _) = app.ws("alice", &id, None).await;
+    let mut second = app.ws_raw("alice", &id, "").await;
+    second.expect_closed("ws_limit", 1008).await;
+}
+
+#[tokio::test]
+async fn origins_outside_the_allow_list_are_refused() {
+    let app = spawn_with(|c| c.ws_allowed_origins = vec!["https://app.example".into()]).await;
+    let id = app.create_draft("alice", "Origins").await;
+    let connect = |origin: &'static str| {
+        let mut request = app.ws_url(&id, "").into_client_request().unwrap();
+        let headers = request.headers_mut();
+        headers.insert(
+            "authorization",
+            format!("Bearer {}", app.token("alice")).parse().unwrap(),
+        );
+        headers.insert("origin", origin.parse().unwrap());
+        WsClient::try_connect(request)
+    };
+    match connect("https://evil.example").await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 403),
+        other => panic!("expected 403, got {:?}", other.is_ok()),
+    }
+    let mut ok = connect("https://app.example").await.unwrap();
+    assert_eq!(ok.next_json().await["type"], "ready");
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_is_closed_as_slow_consumer_while_others_keep_receiving() {
+    let app = spawn_with(|c| c.ws_outbound_queue = 8).await;
+    let id = app.create_draft("alice", "Firehose").await;
+    let (mut slow, _) = app.ws("alice", &id, None).await;
+    let (mut reader, _) = app.ws("alice", &id, None).await;
+    let content = "z".repeat(10_000);
+    // Enough to fill the kernel's socket buffers and then the queue.
+    let total = 1_000u64;
+    let reading = tokio::spawn(async move {
+        let seqs = reader.next_seqs(total as usize).await;
+        (reader, seqs)
+    });
+    for _ in 0..total {
+        assert_eq!(app.append("alice", &id, &content).await.status, 201);
+    }
+    let (_reader, seqs) = within(reading).await.unwrap();
+    assert_eq!(seqs, (1..=total).collect::<Vec<_>>());
+
+    // The slow client finds a strict prefix of the events, then the reason.
+    let (closed, got) = slow.until_closed().await;
+    assert!(
+        (got.len() as u64) < total,
+        "slow client received everything"
+    );
+    assert_eq!(got, (1..=got.len() as u64).collect::<Vec<_>>());
+    assert_eq!(closed.error_code.as_deref(), Some("slow_consumer"));
+    assert_eq!(closed.close_code, Some(1013));
+}
+
+#[tokio::test]
+async fn shutdown_closes_sockets_with_1001_and_refuses_new_ones() {
+    let mut app = spawn_app().await;
+    let id = app.create_draft("alice", "Bye").await;
+    let (mut a, _) = app.ws("alice", &id, None).await;
+    let (mut b, _) = app.ws("alice", &id, None).await;
+    app.begin_shutdown();
+    a.expect_closed("shutdown", 1001).await;
+    b.expect_closed("shutdown", 1001).await;
+    assert!(app.state.shutdown.is_cancelled());
+    let addr = app.addr;
+    app.shutdown().await.unwrap();
+    // The listener is gone: nothing new is accepted.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test]
+async fn draining_turns_readiness_false_and_refuses_upgrades() {
+    let app = spawn_app().await;
+    let id = app.create_draft("alice", "Drain").await;
+    // Hold a connection open so the in-flight server keeps answering on it.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()
+        .unwrap();
+    let ready = client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    app.state.shutdown.cancel();
+    let ready = read_reply(client.get(app.url("/readyz")).send().await.unwrap()).await;
+    assert_eq!((ready.status, ready.code()), (503, "unavailable"));
+    let mut request = app.ws_url(&id, "").into_client_request().unwrap();
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", app.token("alice")).parse().unwrap(),
+    );
+    match WsClient::try_connect(request).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 503),
+        Err(_) => {} // the listener may already be closed: also a refusal
+        Ok(_) => panic!("a new socket was accepted while draining"),
+    }
+}
