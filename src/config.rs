@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::limits::client_ip::IpNet;
+use crate::limits::client_ip::TrustedProxies;
 
 /// The secret used when none is configured. Fine for a laptop, refused in prod.
 pub const DEV_JWT_SECRET: &str = "collabd-dev-secret-do-not-use-in-production";
@@ -100,8 +100,13 @@ pub struct Config {
     #[arg(long, env = "RATE_LIMIT_BURST_MUTATION", default_value_t = 10)]
     pub rate_limit_burst_mutation: u32,
     /// Comma list of proxy addresses or CIDRs whose X-Forwarded-For is believed.
-    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',')]
-    pub trusted_proxies: Vec<IpNet>,
+    #[arg(
+        long,
+        env = "TRUSTED_PROXIES",
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub trusted_proxies: TrustedProxies,
 
     /// Turn on the WebSocket socket caps below.
     #[arg(long, env = "WS_LIMITS_ENABLED", default_value = "false", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]

@@ -7,6 +7,7 @@ use collabd::auth::Authenticator;
 use collabd::config::{Cli, Command, Config};
 
 fn main() -> ExitCode {
+    unset_empty_variables();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => {
@@ -38,6 +39,22 @@ fn main() -> ExitCode {
         }
         Some(Command::Serve(config)) => serve(config),
         None => serve(cli.serve),
+    }
+}
+
+/// `VAR=` (as in `.env.example` or a compose file) means "not set", so the
+/// default applies. Runs first thing in `main`, before any thread exists.
+fn unset_empty_variables() {
+    let command = <Cli as clap::CommandFactory>::command();
+    let names: Vec<_> = command
+        .get_arguments()
+        .chain(command.get_subcommands().flat_map(|c| c.get_arguments()))
+        .filter_map(|arg| arg.get_env().map(|e| e.to_owned()))
+        .collect();
+    for name in names {
+        if std::env::var_os(&name).is_some_and(|v| v.is_empty()) {
+            std::env::remove_var(&name);
+        }
     }
 }
 

@@ -218,3 +218,40 @@ async fn prod_logs_are_json_with_request_ids_and_no_secrets() {
         assert!(!line.contains(SECRET), "the secret was logged: {line}");
     }
 }
+
+#[test]
+fn env_example_lists_exactly_the_variables_of_serve() {
+    let output = collabd().args(["serve", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&output.stdout);
+    let mut from_help: Vec<&str> = help
+        .split("[env: ")
+        .skip(1)
+        .map(|rest| rest.split(['=', ']']).next().unwrap())
+        .collect();
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/.env.example")).unwrap();
+    let mut from_example: Vec<&str> = example
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains('='))
+        .map(|l| l.split('=').next().unwrap())
+        .collect();
+    from_help.sort_unstable();
+    from_example.sort_unstable();
+    assert_eq!(from_example, from_help);
+}
+
+#[test]
+fn the_env_example_as_written_starts_a_server() {
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/.env.example")).unwrap();
+    let vars: Vec<(String, String)> = example
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains('='))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut server = Server::start(&vars);
+    server.wait_for(|l| l.contains("collabd listening"));
+    assert!(server.terminate().success());
+}

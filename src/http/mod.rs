@@ -116,7 +116,7 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip())
         .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-    let ip = client_ip(peer, req.headers(), &state.config.trusted_proxies);
+    let ip = client_ip(peer, req.headers(), &state.config.trusted_proxies.0);
     let user_agent = req
         .headers()
         .get(header::USER_AGENT)

@@ -39,6 +39,24 @@ impl FromStr for IpNet {
     }
 }
 
+/// The `TRUSTED_PROXIES` list: comma-separated addresses or CIDR blocks;
+/// empty means no proxy is trusted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrustedProxies(pub Vec<IpNet>);
+
+impl FromStr for TrustedProxies {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        text.split(',')
+            .map(str::trim)
+            .filter(|entry| !entry.is_empty())
+            .map(IpNet::from_str)
+            .collect::<Result<Vec<_>, _>>()
+            .map(TrustedProxies)
+    }
+}
+
 impl IpNet {
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
@@ -108,6 +126,20 @@ mod tests {
         assert!(all.contains("8.8.8.8".parse().unwrap()));
         assert!("10.0.0.0/33".parse::<IpNet>().is_err());
         assert!("nonsense".parse::<IpNet>().is_err());
+    }
+
+    #[test]
+    fn trusted_proxy_lists_parse_and_may_be_empty() {
+        assert_eq!("".parse::<TrustedProxies>().unwrap().0.len(), 0);
+        assert_eq!(
+            " 10.0.0.0/8, ::1 ,"
+                .parse::<TrustedProxies>()
+                .unwrap()
+                .0
+                .len(),
+            2
+        );
+        assert!("10.0.0.0/8,bogus".parse::<TrustedProxies>().is_err());
     }
 
     #[test]
