@@ -91,7 +91,9 @@ pub async fn upgrade(
         since,
         request_id: current_request_id(),
     };
+    // A root span: the socket outlives the upgrade request that opened it.
     let span = tracing::info_span!(
+        parent: None,
         "ws",
         connection_id = %session.connection_id,
         draft_id = %draft_id,
