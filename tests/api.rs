@@ -200,15 +200,14 @@ async fn every_validation_failure_is_a_400_envelope_and_changes_nothing() {
     assert_eq!(not_uuid.status, 400);
     assert_eq!(not_uuid.code(), "validation_error");
     let key_mismatch = app
-        .http
-        .post(&url)
-        .bearer_auth(&token)
-        .header("idempotency-key", "a")
-        .json(&json!({ "content": "x", "idempotency_key": "b" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(read_reply(key_mismatch).await.code(), "validation_error");
+        .post_with(
+            "alice",
+            &format!("/v1/collab/drafts/{id}/segments"),
+            &[("idempotency-key", "a")],
+            json!({ "content": "x", "idempotency_key": "b" }),
+        )
+        .await;
+    assert_eq!(key_mismatch.code(), "validation_error");
 
     // Nothing above changed the draft.
     assert_eq!(app.head("alice", &id).await, 0);
@@ -356,16 +355,15 @@ async fn request_ids_are_echoed_when_sane_and_replaced_when_not() {
 
     // The id travels into the event the request caused.
     let id = app.create_draft("alice", "Traced").await;
-    let response = app
-        .http
-        .post(app.url(&format!("/v1/collab/drafts/{id}/segments")))
-        .bearer_auth(app.token("alice"))
-        .header("x-request-id", "append-42")
-        .json(&json!({ "content": "x" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
+    let reply = app
+        .post_with(
+            "alice",
+            &format!("/v1/collab/drafts/{id}/segments"),
+            &[("x-request-id", "append-42")],
+            json!({ "content": "x" }),
+        )
+        .await;
+    assert_eq!(reply.status, 201);
     let events = app
         .get("alice", &format!("/v1/collab/drafts/{id}/events"))
         .await;
@@ -397,15 +395,13 @@ async fn a_retried_append_returns_the_original() {
 
     // The header works too, and matches the body key.
     let by_header = app
-        .http
-        .post(app.url(&path))
-        .bearer_auth(app.token("alice"))
-        .header("idempotency-key", "k-1")
-        .json(&json!({ "content": "hi" }))
-        .send()
-        .await
-        .unwrap();
-    let by_header = read_reply(by_header).await;
+        .post_with(
+            "alice",
+            &path,
+            &[("idempotency-key", "k-1")],
+            json!({ "content": "hi" }),
+        )
+        .await;
     assert_eq!(by_header.status, 200);
     assert_eq!(by_header.body["id"], first.body["id"]);
     assert_eq!(app.head("alice", &id).await, 1);

@@ -54,15 +54,14 @@ async fn two_watchers_see_every_event_once_in_order_while_a_writer_appends() {
     // Events carry their payload and the request that caused them.
     app.pass("alice", &id, "alice").await; // no-op, no event
     let reply = app
-        .http
-        .post(app.url(&format!("/v1/collab/drafts/{id}/collaborators")))
-        .bearer_auth(app.token("alice"))
-        .header("x-request-id", "add-carol")
-        .json(&json!({ "user_id": "carol", "role": "editor" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(reply.status(), 201);
+        .post_with(
+            "alice",
+            &format!("/v1/collab/drafts/{id}/collaborators"),
+            &[("x-request-id", "add-carol")],
+            json!({ "user_id": "carol", "role": "editor" }),
+        )
+        .await;
+    assert_eq!(reply.status, 201);
     let event = w1.next_json().await;
     assert_eq!(event["type"], "collaborator_added");
     assert_eq!(event["seq"], start + 105);

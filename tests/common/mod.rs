@@ -157,15 +157,22 @@ impl TestApp {
     }
 
     pub async fn post(&self, user: &str, path: &str, body: Value) -> Reply {
-        let response = self
-            .http
-            .post(self.url(path))
-            .bearer_auth(self.token(user))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        read_reply(response).await
+        self.post_with(user, path, &[], body).await
+    }
+
+    /// A POST with extra headers, e.g. `X-Request-Id` or `Idempotency-Key`.
+    pub async fn post_with(
+        &self,
+        user: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Value,
+    ) -> Reply {
+        let mut request = self.http.post(self.url(path)).bearer_auth(self.token(user));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        read_reply(request.json(&body).send().await.unwrap()).await
     }
 
     /// Creates a draft owned by `user` and returns its id.
