@@ -18,6 +18,8 @@ use tokio_util::task::TaskTracker;
 use crate::adapters::memory::{
     MemoryAudit, MemoryFanout, MemoryLeases, MemoryRateLimiter, MemoryStore,
 };
+use crate::adapters::postgres::migrate::MigrateError;
+use crate::adapters::postgres::{self, PoolSettings, PostgresAudit, PostgresStore};
 use crate::audit::Auditor;
 use crate::auth::Authenticator;
 use crate::collab::service::{CollabCaps, CollabService};
@@ -57,6 +59,39 @@ impl Backends {
             mode: "standalone",
         }
     }
+
+    /// Durable: drafts, events and audit rows in Postgres (migrated first);
+    /// fanout and limits in this process.
+    pub async fn postgres(config: &Config, settings: &PoolSettings) -> Result<Self, StartError> {
+        let pool = postgres::pool(settings)?;
+        let applied = postgres::migrate::migrate(&pool).await?;
+        tracing::info!(applied = ?applied, "database schema is current");
+        let timeout = config.database_query_timeout();
+        let mut backends = Backends::memory(Arc::new(MemoryAudit::new()));
+        backends.store = Arc::new(PostgresStore::new(pool.clone(), timeout));
+        backends.audit = Arc::new(PostgresAudit::new(pool, timeout));
+        backends.mode = "postgres";
+        Ok(backends)
+    }
+
+    /// The adapters the configuration asks for.
+    pub async fn from_config(config: &Config) -> Result<Self, StartError> {
+        match config.database() {
+            Some(settings) => Backends::postgres(config, &settings).await,
+            None => Ok(Backends::memory(Arc::new(MemoryAudit::new()))),
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("database: {0}")]
+    Database(#[from] crate::error::Error),
+    #[error("database migrations: {0}")]
+    Migrate(#[from] MigrateError),
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// Everything a handler may need. Cheap to clone: all shared parts are `Arc`s.
@@ -181,10 +216,14 @@ pub async fn run(
 }
 
 /// `collabd serve`: logs, adapters, listener, run until SIGTERM or Ctrl-C.
-pub async fn serve(config: Config) -> std::io::Result<()> {
-    let backends = Backends::memory(Arc::new(MemoryAudit::new()));
+pub async fn serve(config: Config) -> Result<(), StartError> {
+    let backends = Backends::from_config(&config).await?;
     let addr = SocketAddr::new(config.host, config.port);
     let listener = TcpListener::bind(addr).await?;
+    let what = match backends.mode {
+        "standalone" => "state, fanout and limits in this process",
+        _ => "drafts, events and audit in Postgres; fanout and limits in this process",
+    };
     tracing::info!(
         mode = backends.mode,
         addr = %listener.local_addr()?,
@@ -192,11 +231,11 @@ pub async fn serve(config: Config) -> std::io::Result<()> {
         rate_limit_enabled = config.rate_limit_enabled,
         ws_limits_enabled = config.ws_limits_enabled,
         audit_enabled = config.audit_enabled,
-        "collabd listening ({} mode: state, fanout and limits in this process)",
+        "collabd listening ({} mode: {what})",
         backends.mode
     );
     let state = AppState::new(config, backends);
-    run(listener, state, shutdown_signal()).await
+    Ok(run(listener, state, shutdown_signal()).await?)
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -34,6 +34,8 @@ pub enum Command {
     Serve(Config),
     /// Mint an HS256 token for a user, signed with AUTH_JWT_SECRET.
     Token(TokenArgs),
+    /// Apply the database migrations (DATABASE_URL) and exit.
+    Migrate(MigrateArgs),
 }
 
 #[derive(Debug, Args)]
@@ -46,6 +48,14 @@ pub struct TokenArgs {
     pub ttl: Duration,
     #[arg(long, env = "AUTH_JWT_SECRET", default_value = DEV_JWT_SECRET, hide_env_values = true, hide_default_value = true)]
     pub auth_jwt_secret: String,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    #[arg(long, env = "DATABASE_CONNECT_TIMEOUT_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub database_connect_timeout_seconds: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -152,6 +162,20 @@ pub struct Config {
     #[arg(long, env = "AUDIT_SAMPLE_RATE", default_value_t = 1.0)]
     pub audit_sample_rate: f64,
 
+    /// Postgres URL (`postgres://user:pass@host:5432/db`). Set: drafts, events
+    /// and audit rows live in Postgres and replicas can share them. Unset: memory.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Connections in this replica's pool.
+    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub database_pool_size: u32,
+    /// Deadline for connecting to Postgres or waiting for a pooled connection.
+    #[arg(long, env = "DATABASE_CONNECT_TIMEOUT_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub database_connect_timeout_seconds: u64,
+    /// Deadline for one store operation; past it the request gets 503 unavailable.
+    #[arg(long, env = "DATABASE_QUERY_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub database_query_timeout_seconds: u64,
+
     /// On SIGTERM: how long open sockets and requests get to finish.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 10)]
     pub shutdown_timeout_seconds: u64,
@@ -230,6 +254,14 @@ impl Config {
                 reason: format!("{:?} is not a valid filter", self.log_level),
             });
         }
+        if let Some(url) = &self.database_url {
+            if url.parse::<tokio_postgres::Config>().is_err() {
+                return Err(ConfigError {
+                    variable: "DATABASE_URL",
+                    reason: "is not a valid Postgres URL".into(),
+                });
+            }
+        }
         if self.ws_allowed_origins.iter().any(|o| o.trim().is_empty()) {
             return Err(ConfigError {
                 variable: "WS_ALLOWED_ORIGINS",
@@ -244,6 +276,21 @@ impl Config {
             AppEnv::Dev => LogFormat::Pretty,
             AppEnv::Prod => LogFormat::Json,
         })
+    }
+
+    /// Pool settings, when a database is configured.
+    pub fn database(&self) -> Option<crate::adapters::postgres::PoolSettings> {
+        self.database_url
+            .as_ref()
+            .map(|url| crate::adapters::postgres::PoolSettings {
+                url: url.clone(),
+                max_size: self.database_pool_size as usize,
+                connect_timeout: Duration::from_secs(self.database_connect_timeout_seconds),
+            })
+    }
+
+    pub fn database_query_timeout(&self) -> Duration {
+        Duration::from_secs(self.database_query_timeout_seconds)
     }
 
     pub fn shutdown_timeout(&self) -> Duration {

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use collabd::auth::Authenticator;
-use collabd::config::{Cli, Command, Config};
+use collabd::config::{Cli, Command, Config, LogFormat, MigrateArgs};
 
 fn main() -> ExitCode {
     unset_empty_variables();
@@ -37,6 +37,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Some(Command::Migrate(args)) => migrate(args),
         Some(Command::Serve(config)) => serve(config),
         None => serve(cli.serve),
     }
@@ -58,21 +59,54 @@ fn unset_empty_variables() {
     }
 }
 
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
+fn migrate(args: MigrateArgs) -> ExitCode {
+    collabd::telemetry::init_logging(LogFormat::Pretty, "info");
+    let runtime = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let settings = collabd::adapters::postgres::PoolSettings {
+        url: args.database_url,
+        max_size: 1,
+        connect_timeout: std::time::Duration::from_secs(args.database_connect_timeout_seconds),
+    };
+    let result = runtime.block_on(async {
+        let pool = collabd::adapters::postgres::pool(&settings)?;
+        Ok::<_, collabd::app::StartError>(
+            collabd::adapters::postgres::migrate::migrate(&pool).await?,
+        )
+    });
+    match result {
+        Ok(applied) => {
+            println!("migrations applied: {applied:?}; schema is current");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn serve(config: Config) -> ExitCode {
     if let Err(e) = config.validate() {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
     collabd::telemetry::init_logging(config.log_format(), &config.log_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(collabd::app::serve(config)) {
         Ok(()) => ExitCode::SUCCESS,

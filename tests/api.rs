@@ -17,9 +17,8 @@ use common::*;
 use serde_json::json;
 use uuid::Uuid;
 
-#[tokio::test]
-async fn the_happy_path_from_draft_to_ring_pass() {
-    let app = spawn_app().await;
+async fn the_happy_path_from_draft_to_ring_pass(kind: Kind) {
+    let app = spawn_app(kind).await;
 
     let created = app
         .post(
@@ -113,9 +112,8 @@ async fn the_happy_path_from_draft_to_ring_pass() {
     assert_eq!(ring["to_user_id"], "bob");
 }
 
-#[tokio::test]
-async fn lists_page_by_seq() {
-    let app = spawn_app().await;
+async fn lists_page_by_seq(kind: Kind) {
+    let app = spawn_app(kind).await;
     let id = app.create_draft("alice", "Paged").await;
     for i in 0..7 {
         assert_eq!(app.append("alice", &id, &format!("s{i}")).await.status, 201);
@@ -146,9 +144,8 @@ async fn lists_page_by_seq() {
     }
 }
 
-#[tokio::test]
-async fn every_validation_failure_is_a_400_envelope_and_changes_nothing() {
-    let app = spawn_app().await;
+async fn every_validation_failure_is_a_400_envelope_and_changes_nothing(kind: Kind) {
+    let app = spawn_app(kind).await;
     let id = app.create_draft("alice", "Strict").await;
     let url = app.url(&format!("/v1/collab/drafts/{id}/segments"));
     let token = app.token("alice");
@@ -220,9 +217,8 @@ async fn every_validation_failure_is_a_400_envelope_and_changes_nothing() {
     );
 }
 
-#[tokio::test]
-async fn bad_tokens_are_401_envelopes() {
-    let app = spawn_app().await;
+async fn bad_tokens_are_401_envelopes(kind: Kind) {
+    let app = spawn_app(kind).await;
     let url = app.url("/v1/collab/drafts");
     let other = collabd::auth::Authenticator::new("another-secret")
         .mint("alice", std::time::Duration::from_secs(60))
@@ -245,9 +241,8 @@ async fn bad_tokens_are_401_envelopes() {
     }
 }
 
-#[tokio::test]
-async fn roles_and_the_ring_are_enforced() {
-    let app = spawn_app().await;
+async fn roles_and_the_ring_are_enforced(kind: Kind) {
+    let app = spawn_app(kind).await;
     let id = app.create_draft("alice", "Rules").await;
     app.add("alice", &id, "bob", "editor").await;
     app.add("alice", &id, "vic", "viewer").await;
@@ -282,9 +277,8 @@ async fn roles_and_the_ring_are_enforced() {
     assert_eq!(app.head("alice", &id).await, 2);
 }
 
-#[tokio::test]
-async fn unknown_routes_and_methods_get_the_envelope() {
-    let app = spawn_app().await;
+async fn unknown_routes_and_methods_get_the_envelope(kind: Kind) {
+    let app = spawn_app(kind).await;
     let missing = read_reply(app.http.get(app.url("/nope")).send().await.unwrap()).await;
     assert_eq!((missing.status, missing.code()), (404, "not_found"));
     let wrong = read_reply(
@@ -298,9 +292,8 @@ async fn unknown_routes_and_methods_get_the_envelope() {
     assert_eq!((wrong.status, wrong.code()), (405, "method_not_allowed"));
 }
 
-#[tokio::test]
-async fn oversized_bodies_are_413() {
-    let app = spawn_with(|c| c.max_body_bytes = 1024).await;
+async fn oversized_bodies_are_413(kind: Kind) {
+    let app = spawn_with(kind, |c| c.max_body_bytes = 1024).await;
     let body = json!({ "title": "x".repeat(4000) });
     let reply = app.post("alice", "/v1/collab/drafts", body).await;
     assert_eq!((reply.status, reply.code()), (413, "payload_too_large"));
@@ -310,9 +303,8 @@ async fn oversized_bodies_are_413() {
     );
 }
 
-#[tokio::test]
-async fn the_collaborator_cap_is_hard_and_the_segment_cap_soft() {
-    let app = spawn_with(|c| {
+async fn the_collaborator_cap_is_hard_and_the_segment_cap_soft(kind: Kind) {
+    let app = spawn_with(kind, |c| {
         c.max_collaborators_per_draft = Some(2);
         c.max_segments_per_draft = Some(1);
     })
@@ -327,9 +319,8 @@ async fn the_collaborator_cap_is_hard_and_the_segment_cap_soft() {
     }
 }
 
-#[tokio::test]
-async fn request_ids_are_echoed_when_sane_and_replaced_when_not() {
-    let app = spawn_app().await;
+async fn request_ids_are_echoed_when_sane_and_replaced_when_not(kind: Kind) {
+    let app = spawn_app(kind).await;
     let sane = app
         .http
         .get(app.url("/healthz"))
@@ -370,9 +361,8 @@ async fn request_ids_are_echoed_when_sane_and_replaced_when_not() {
     assert_eq!(events.body["items"][0]["request_id"], "append-42");
 }
 
-#[tokio::test]
-async fn a_retried_append_returns_the_original() {
-    let app = spawn_app().await;
+async fn a_retried_append_returns_the_original(kind: Kind) {
+    let app = spawn_app(kind).await;
     let id = app.create_draft("alice", "Once").await;
     let path = format!("/v1/collab/drafts/{id}/segments");
     let first = app
@@ -407,9 +397,8 @@ async fn a_retried_append_returns_the_original() {
     assert_eq!(app.head("alice", &id).await, 1);
 }
 
-#[tokio::test]
-async fn concurrent_retries_create_one_segment_and_concurrent_appends_leave_no_gap() {
-    let app = Arc::new(spawn_app().await);
+async fn concurrent_retries_create_one_segment_and_concurrent_appends_leave_no_gap(kind: Kind) {
+    let app = Arc::new(spawn_app(kind).await);
     let id = app.create_draft("alice", "Race").await;
     let path = format!("/v1/collab/drafts/{id}/segments");
     let retries = (0..32).map(|_| {
@@ -456,9 +445,8 @@ async fn concurrent_retries_create_one_segment_and_concurrent_appends_leave_no_g
     assert_eq!(seqs, (1..=33).collect::<Vec<_>>());
 }
 
-#[tokio::test]
-async fn audit_rows_follow_the_policy() {
-    let app = spawn_with(|c| c.audit_enabled = true).await;
+async fn audit_rows_follow_the_policy(kind: Kind) {
+    let app = spawn_with(kind, |c| c.audit_enabled = true).await;
     let id = app.create_draft("alice", "Audited").await;
     app.add("alice", &id, "bob", "editor").await;
     let appended = app
@@ -473,7 +461,7 @@ async fn audit_rows_follow_the_policy() {
     app.append("alice", &id, "not holder").await;
     app.add("alice", &id, "bob", "editor").await;
 
-    let rows = app.audit.rows();
+    let rows = app.audit_rows().await;
     let actions: Vec<_> = rows.iter().map(|r| r.action.as_str()).collect();
     assert_eq!(
         actions,
@@ -513,8 +501,7 @@ async fn audit_rows_follow_the_policy() {
     );
 }
 
-#[tokio::test]
-async fn audit_off_or_sampled_to_zero_records_nothing() {
+async fn audit_off_or_sampled_to_zero_records_nothing(kind: Kind) {
     for adjust in [
         (|_: &mut collabd::config::Config| {}) as fn(&mut collabd::config::Config),
         |c| {
@@ -522,16 +509,15 @@ async fn audit_off_or_sampled_to_zero_records_nothing() {
             c.audit_sample_rate = 0.0;
         },
     ] {
-        let app = spawn_with(adjust).await;
+        let app = spawn_with(kind, adjust).await;
         let id = app.create_draft("alice", "Quiet").await;
         app.append("alice", &id, "x").await;
-        assert!(app.audit.rows().is_empty());
+        assert!(app.audit_rows().await.is_empty());
     }
 }
 
-#[tokio::test]
-async fn the_rate_limit_answers_429_with_headers_and_keys_by_user() {
-    let app = spawn_with(|c| {
+async fn the_rate_limit_answers_429_with_headers_and_keys_by_user(kind: Kind) {
+    let app = spawn_with(kind, |c| {
         c.rate_limit_enabled = true;
         c.rate_limit_burst_default = 2;
         c.rate_limit_per_minute_default = 60;
@@ -663,10 +649,27 @@ async fn backend_failures_are_503_or_500_without_internal_detail() {
         assert_eq!(live.status, 200);
     }
     // The real memory store is ready.
-    let app = spawn_app().await;
+    let app = spawn_app(Kind::Memory).await;
     let ready = read_reply(app.http.get(app.url("/readyz")).send().await.unwrap()).await;
     assert_eq!(
         (ready.status, ready.body["status"].as_str()),
         (200, Some("ready"))
     );
 }
+
+conformance!(
+    the_happy_path_from_draft_to_ring_pass,
+    lists_page_by_seq,
+    every_validation_failure_is_a_400_envelope_and_changes_nothing,
+    bad_tokens_are_401_envelopes,
+    roles_and_the_ring_are_enforced,
+    unknown_routes_and_methods_get_the_envelope,
+    oversized_bodies_are_413,
+    the_collaborator_cap_is_hard_and_the_segment_cap_soft,
+    request_ids_are_echoed_when_sane_and_replaced_when_not,
+    a_retried_append_returns_the_original,
+    concurrent_retries_create_one_segment_and_concurrent_appends_leave_no_gap,
+    audit_rows_follow_the_policy,
+    audit_off_or_sampled_to_zero_records_nothing,
+    the_rate_limit_answers_429_with_headers_and_keys_by_user,
+);

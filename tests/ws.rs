@@ -10,9 +10,8 @@ use common::*;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-#[tokio::test]
-async fn the_ready_frame_names_the_connection_and_head() {
-    let app = spawn_app().await;
+async fn the_ready_frame_names_the_connection_and_head(kind: Kind) {
+    let app = spawn_app(kind).await;
     let id = app.create_draft("alice", "Live").await;
     app.append("alice", &id, "one").await;
     let (ws, ready) = app.ws("alice", &id, None).await;
@@ -22,9 +21,8 @@ async fn the_ready_frame_names_the_connection_and_head() {
     ws.close().await;
 }
 
-#[tokio::test]
-async fn two_watchers_see_every_event_once_in_order_while_a_writer_appends() {
-    let app = Arc::new(spawn_app().await);
+async fn two_watchers_see_every_event_once_in_order_while_a_writer_appends(kind: Kind) {
+    let app = Arc::new(spawn_app(kind).await);
     let id = app.create_draft("alice", "Busy").await;
     app.add("alice", &id, "bob", "viewer").await;
     let (mut w1, r1) = app.ws("alice", &id, None).await;
@@ -74,9 +72,8 @@ async fn two_watchers_see_every_event_once_in_order_while_a_writer_appends() {
     assert_eq!(w2.next_json().await, event);
 }
 
-#[tokio::test]
-async fn a_writer_appending_a_hundred_segments_reaches_both_watchers() {
-    let app = spawn_app().await;
+async fn a_writer_appending_a_hundred_segments_reaches_both_watchers(kind: Kind) {
+    let app = spawn_app(kind).await;
     let id = app.create_draft("alice", "Hundred").await;
     app.add("alice", &id, "bob", "editor").await;
     let (mut w1, _) = app.ws("bob", &id, None).await;
@@ -97,9 +94,8 @@ async fn a_writer_appending_a_hundred_segments_reaches_both_watchers() {
     assert_eq!(w2.next_seqs(100).await, (2..=101).collect::<Vec<_>>());
 }
 
-#[tokio::test]
-async fn reconnecting_with_since_gets_exactly_the_missed_events() {
-    let app = spawn_app().await;
+async fn reconnecting_with_since_gets_exactly_the_missed_events(kind: Kind) {
+    let app = spawn_app(kind).await;
     let id = app.create_draft("alice", "Resume").await;
     for n in 0..3 {
         app.append("alice", &id, &format!("a{n}")).await;
@@ -128,9 +124,8 @@ async fn reconnecting_with_since_gets_exactly_the_missed_events() {
     all.close().await;
 }
 
-#[tokio::test]
-async fn bad_upgrades_are_refused_with_the_envelope_before_the_socket_opens() {
-    let app = spawn_app().await;
+async fn bad_upgrades_are_refused_with_the_envelope_before_the_socket_opens(kind: Kind) {
+    let app = spawn_app(kind).await;
     let id = app.create_draft("alice", "Gate").await;
     let status_of = |result: Result<WsClient, tokio_tungstenite::tungstenite::Error>| match result {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
@@ -164,9 +159,8 @@ async fn bad_upgrades_are_refused_with_the_envelope_before_the_socket_opens() {
     assert_eq!((plain.status, plain.code()), (400, "validation_error"));
 }
 
-#[tokio::test]
-async fn browsers_authenticate_with_access_token() {
-    let app = spawn_app().await;
+async fn browsers_authenticate_with_access_token(kind: Kind) {
+    let app = spawn_app(kind).await;
     let id = app.create_draft("alice", "Browser").await;
     let query = format!("?access_token={}", app.token("alice"));
     let request = app.ws_url(&id, &query).into_client_request().unwrap();
@@ -174,17 +168,15 @@ async fn browsers_authenticate_with_access_token() {
     assert_eq!(ws.next_json().await["type"], "ready");
 }
 
-#[tokio::test]
-async fn a_non_collaborator_is_told_forbidden_and_closed_1008() {
-    let app = spawn_app().await;
+async fn a_non_collaborator_is_told_forbidden_and_closed_1008(kind: Kind) {
+    let app = spawn_app(kind).await;
     let id = app.create_draft("alice", "Private").await;
     let mut ws = app.ws_raw("mallory", &id, "").await;
     ws.expect_closed("forbidden", 1008).await;
 }
 
-#[tokio::test]
-async fn ping_gets_pong_and_bad_messages_close_1008() {
-    let app = spawn_app().await;
+async fn ping_gets_pong_and_bad_messages_close_1008(kind: Kind) {
+    let app = spawn_app(kind).await;
     let id = app.create_draft("alice", "Chatty").await;
     let (mut ws, _) = app.ws("alice", &id, None).await;
     ws.send_text(r#"{"type":"ping"}"#).await;
@@ -197,9 +189,8 @@ async fn ping_gets_pong_and_bad_messages_close_1008() {
     ws.expect_closed("bad_message", 1008).await;
 }
 
-#[tokio::test]
-async fn an_oversized_frame_closes_1008_payload_too_large() {
-    let app = spawn_with(|c| c.ws_max_message_bytes = 1024).await;
+async fn an_oversized_frame_closes_1008_payload_too_large(kind: Kind) {
+    let app = spawn_with(kind, |c| c.ws_max_message_bytes = 1024).await;
     let id = app.create_draft("alice", "Big").await;
     let (mut ws, _) = app.ws("alice", &id, None).await;
     let big = format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(2000));
@@ -220,9 +211,8 @@ async fn an_oversized_frame_closes_1008_payload_too_large() {
     assert!(events.is_empty());
 }
 
-#[tokio::test]
-async fn the_socket_after_the_cap_is_refused_with_ws_limit() {
-    let app = spawn_with(|c| {
+async fn the_socket_after_the_cap_is_refused_with_ws_limit(kind: Kind) {
+    let app = spawn_with(kind, |c| {
         c.ws_limits_enabled = true;
         c.ws_max_sockets_per_user = 2;
     })
@@ -244,18 +234,19 @@ async fn the_socket_after_the_cap_is_refused_with_ws_limit() {
     .await;
 }
 
-#[tokio::test]
-async fn the_per_draft_cost_cap_holds_without_ws_limits_enabled() {
-    let app = spawn_with(|c| c.max_ws_connections_per_draft = Some(1)).await;
+async fn the_per_draft_cost_cap_holds_without_ws_limits_enabled(kind: Kind) {
+    let app = spawn_with(kind, |c| c.max_ws_connections_per_draft = Some(1)).await;
     let id = app.create_draft("alice", "One seat").await;
     let (_first, _) = app.ws("alice", &id, None).await;
     let mut second = app.ws_raw("alice", &id, "").await;
     second.expect_closed("ws_limit", 1008).await;
 }
 
-#[tokio::test]
-async fn origins_outside_the_allow_list_are_refused() {
-    let app = spawn_with(|c| c.ws_allowed_origins = vec!["https://app.example".into()]).await;
+async fn origins_outside_the_allow_list_are_refused(kind: Kind) {
+    let app = spawn_with(kind, |c| {
+        c.ws_allowed_origins = vec!["https://app.example".into()]
+    })
+    .await;
     let id = app.create_draft("alice", "Origins").await;
     let connect = |origin: &'static str| {
         let mut request = app.ws_url(&id, "").into_client_request().unwrap();
@@ -275,9 +266,10 @@ async fn origins_outside_the_allow_list_are_refused() {
     assert_eq!(ok.next_json().await["type"], "ready");
 }
 
-#[tokio::test]
-async fn a_client_that_never_reads_is_closed_as_slow_consumer_while_others_keep_receiving() {
-    let app = spawn_with(|c| c.ws_outbound_queue = 8).await;
+async fn a_client_that_never_reads_is_closed_as_slow_consumer_while_others_keep_receiving(
+    kind: Kind,
+) {
+    let app = spawn_with(kind, |c| c.ws_outbound_queue = 8).await;
     let id = app.create_draft("alice", "Firehose").await;
     let (mut slow, _) = app.ws("alice", &id, None).await;
     let (mut reader, _) = app.ws("alice", &id, None).await;
@@ -305,9 +297,8 @@ async fn a_client_that_never_reads_is_closed_as_slow_consumer_while_others_keep_
     assert_eq!(closed.close_code, Some(1013));
 }
 
-#[tokio::test]
-async fn shutdown_closes_sockets_with_1001_and_refuses_new_ones() {
-    let mut app = spawn_app().await;
+async fn shutdown_closes_sockets_with_1001_and_refuses_new_ones(kind: Kind) {
+    let mut app = spawn_app(kind).await;
     let id = app.create_draft("alice", "Bye").await;
     let (mut a, _) = app.ws("alice", &id, None).await;
     let (mut b, _) = app.ws("alice", &id, None).await;
@@ -321,9 +312,8 @@ async fn shutdown_closes_sockets_with_1001_and_refuses_new_ones() {
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
 
-#[tokio::test]
-async fn draining_turns_readiness_false_and_refuses_upgrades() {
-    let app = spawn_app().await;
+async fn draining_turns_readiness_false_and_refuses_upgrades(kind: Kind) {
+    let app = spawn_app(kind).await;
     let id = app.create_draft("alice", "Drain").await;
     // Hold a connection open so the in-flight server keeps answering on it.
     let client = reqwest::Client::builder()
@@ -346,3 +336,21 @@ async fn draining_turns_readiness_false_and_refuses_upgrades() {
         Ok(_) => panic!("a new socket was accepted while draining"),
     }
 }
+
+conformance!(
+    the_ready_frame_names_the_connection_and_head,
+    two_watchers_see_every_event_once_in_order_while_a_writer_appends,
+    a_writer_appending_a_hundred_segments_reaches_both_watchers,
+    reconnecting_with_since_gets_exactly_the_missed_events,
+    bad_upgrades_are_refused_with_the_envelope_before_the_socket_opens,
+    browsers_authenticate_with_access_token,
+    a_non_collaborator_is_told_forbidden_and_closed_1008,
+    ping_gets_pong_and_bad_messages_close_1008,
+    an_oversized_frame_closes_1008_payload_too_large,
+    the_socket_after_the_cap_is_refused_with_ws_limit,
+    the_per_draft_cost_cap_holds_without_ws_limits_enabled,
+    origins_outside_the_allow_list_are_refused,
+    a_client_that_never_reads_is_closed_as_slow_consumer_while_others_keep_receiving,
+    shutdown_closes_sockets_with_1001_and_refuses_new_ones,
+    draining_turns_readiness_false_and_refuses_upgrades,
+);

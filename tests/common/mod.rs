@@ -4,6 +4,9 @@
 
 #![allow(dead_code)]
 
+pub mod pg;
+pub mod proxy;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Once};
@@ -36,25 +39,96 @@ fn init_logs() {
     });
 }
 
+/// Which adapters a test runs against: the conformance suite runs each test
+/// with both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Memory,
+    Postgres,
+}
+
+/// Declares each named `async fn(kind: Kind)` as two tests, one per kind.
+#[macro_export]
+macro_rules! conformance {
+    ($($name:ident),+ $(,)?) => {
+        mod memory {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name($crate::common::Kind::Memory).await
+            })+
+        }
+        mod postgres {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name($crate::common::Kind::Postgres).await
+            })+
+        }
+    };
+}
+
+/// One audit row, whichever sink holds it.
+#[derive(Debug, Clone)]
+pub struct AuditRow {
+    pub action: String,
+    pub user_id: String,
+    pub request_id: String,
+    pub draft_id: Option<uuid::Uuid>,
+    pub metadata: Value,
+    pub ip: Option<String>,
+}
+
 pub struct TestApp {
     pub addr: SocketAddr,
     pub base: String,
     pub http: reqwest::Client,
     pub audit: Arc<MemoryAudit>,
+    /// The schema a Postgres-backed app uses.
+    pub db: Option<Arc<pg::TestDb>>,
     pub state: AppState,
     auth: Authenticator,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<std::io::Result<()>>>,
 }
 
-pub async fn spawn_app() -> TestApp {
-    spawn_with(|_| {}).await
+pub async fn spawn_app(kind: Kind) -> TestApp {
+    spawn_with(kind, |_| {}).await
 }
 
 /// Starts a server whose configuration `adjust` has changed from the defaults.
-pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
-    let audit = Arc::new(MemoryAudit::new());
-    spawn_with_backends(adjust, Backends::memory(audit.clone()), audit).await
+pub async fn spawn_with(kind: Kind, adjust: impl FnOnce(&mut Config)) -> TestApp {
+    match kind {
+        Kind::Memory => {
+            let audit = Arc::new(MemoryAudit::new());
+            spawn_with_backends(adjust, Backends::memory(audit.clone()), audit).await
+        }
+        Kind::Postgres => spawn_on(pg::TestDb::create().await, None, adjust).await,
+    }
+}
+
+/// Starts a Postgres-backed server on an existing schema (a second replica, or
+/// a restart), optionally reaching Postgres through a proxy.
+pub async fn spawn_on(
+    db: Arc<pg::TestDb>,
+    via: Option<SocketAddr>,
+    adjust: impl FnOnce(&mut Config),
+) -> TestApp {
+    let mut config = test_config();
+    config.database_url = Some(db.url_via(via));
+    adjust(&mut config);
+    let backends = Backends::from_config(&config)
+        .await
+        .expect("postgres backends");
+    let mut app = serve(config, backends, Arc::new(MemoryAudit::new())).await;
+    app.db = Some(db);
+    app
+}
+
+fn test_config() -> Config {
+    init_logs();
+    let mut config = Config::defaults();
+    config.auth_jwt_secret = "test-secret".into();
+    config.shutdown_timeout_seconds = 5;
+    config
 }
 
 pub async fn spawn_with_backends(
@@ -62,11 +136,12 @@ pub async fn spawn_with_backends(
     backends: Backends,
     audit: Arc<MemoryAudit>,
 ) -> TestApp {
-    init_logs();
-    let mut config = Config::defaults();
-    config.auth_jwt_secret = "test-secret".into();
-    config.shutdown_timeout_seconds = 5;
+    let mut config = test_config();
     adjust(&mut config);
+    serve(config, backends, audit).await
+}
+
+async fn serve(config: Config, backends: Backends, audit: Arc<MemoryAudit>) -> TestApp {
     config.validate().expect("test config is valid");
     let auth = Authenticator::new(&config.auth_jwt_secret);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -81,6 +156,7 @@ pub async fn spawn_with_backends(
         base: format!("http://{addr}"),
         http: reqwest::Client::new(),
         audit,
+        db: None,
         state,
         auth,
         stop: Some(stop),
@@ -137,6 +213,45 @@ pub async fn read_reply(response: reqwest::Response) -> Reply {
 }
 
 impl TestApp {
+    /// Every audit row so far, oldest first.
+    pub async fn audit_rows(&self) -> Vec<AuditRow> {
+        match &self.db {
+            None => self
+                .audit
+                .rows()
+                .into_iter()
+                .map(|r| AuditRow {
+                    action: r.action.as_str().to_owned(),
+                    user_id: r.user_id,
+                    request_id: r.request_id,
+                    draft_id: r.draft_id,
+                    metadata: r.metadata,
+                    ip: r.ip,
+                })
+                .collect(),
+            Some(db) => db
+                .client()
+                .await
+                .query(
+                    "SELECT action, user_id, request_id, draft_id, metadata, ip
+                       FROM audit_events ORDER BY ts, id",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| AuditRow {
+                    action: r.get(0),
+                    user_id: r.get(1),
+                    request_id: r.get(2),
+                    draft_id: r.get(3),
+                    metadata: r.get(4),
+                    ip: r.get(5),
+                })
+                .collect(),
+        }
+    }
+
     pub fn token(&self, user: &str) -> String {
         self.auth.mint(user, Duration::from_secs(3600)).unwrap()
     }

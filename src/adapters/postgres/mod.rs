@@ -1,0 +1,104 @@
+//! Durable adapters: drafts, events and audit rows in Postgres, through a
+//! deadpool pool of tokio-postgres connections. Any number of replicas can
+//! share one database: every mutation is one transaction that locks the
+//! draft's row, so seqs stay gap-free and appends exactly-once cluster-wide.
+
+pub mod audit;
+pub mod migrate;
+pub mod store;
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::NoTls;
+
+use crate::error::Error;
+
+pub use audit::PostgresAudit;
+pub use store::PostgresStore;
+
+/// Pool settings from configuration.
+#[derive(Clone, Debug)]
+pub struct PoolSettings {
+    pub url: String,
+    pub max_size: usize,
+    /// Bounds connecting, waiting for a pooled connection, and recycling one.
+    pub connect_timeout: Duration,
+}
+
+/// Builds the pool. Connections are made lazily, so this succeeds even while
+/// Postgres is down; a lost connection is dropped on recycle and replaced.
+pub fn pool(settings: &PoolSettings) -> Result<Pool, Error> {
+    let mut config: tokio_postgres::Config = settings
+        .url
+        .parse()
+        .map_err(|e| Error::internal(format!("DATABASE_URL is not a valid Postgres URL: {e}")))?;
+    config
+        .connect_timeout(settings.connect_timeout)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(30));
+    if config.get_application_name().is_none() {
+        config.application_name("collabd");
+    }
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(settings.max_size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(settings.connect_timeout))
+        .create_timeout(Some(settings.connect_timeout))
+        .recycle_timeout(Some(settings.connect_timeout))
+        .build()
+        .map_err(Error::internal)
+}
+
+/// Maps a database error to the contract: lost connections and transient
+/// conditions are `unavailable` (retry), constraint violations name what the
+/// client got wrong, anything else is `internal`.
+pub(crate) fn db_error(e: tokio_postgres::Error) -> Error {
+    if let Some(db) = e.as_db_error() {
+        let code = db.code();
+        return if *code == SqlState::FOREIGN_KEY_VIOLATION {
+            Error::NotFound("draft not found".into())
+        } else if *code == SqlState::UNIQUE_VIOLATION {
+            Error::Validation("conflicts with an existing record; retry the request".into())
+        } else if *code == SqlState::CHECK_VIOLATION || *code == SqlState::NOT_NULL_VIOLATION {
+            Error::Validation("a value is out of range".into())
+        } else if code.code().starts_with("08")
+            || code.code().starts_with("53")
+            || code.code().starts_with("57P")
+            || *code == SqlState::T_R_SERIALIZATION_FAILURE
+            || *code == SqlState::T_R_DEADLOCK_DETECTED
+        {
+            Error::unavailable(format!("postgres: {db}"))
+        } else {
+            Error::internal(format!("postgres: {db}"))
+        };
+    }
+    // No server error: the connection is closed, refused or broken.
+    Error::unavailable(format!("postgres: {e}"))
+}
+
+pub(crate) fn pool_error(e: PoolError) -> Error {
+    match e {
+        PoolError::Backend(e) => db_error(e),
+        other => Error::unavailable(format!("postgres pool: {other}")),
+    }
+}
+
+/// Runs a store operation with a deadline, so a hung connection cannot hold a
+/// request forever.
+pub(crate) async fn timed<T>(
+    limit: Duration,
+    op: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    tokio::time::timeout(limit, op)
+        .await
+        .unwrap_or_else(|_| Err(Error::unavailable("postgres: operation timed out")))
+}
