@@ -5,6 +5,7 @@
 //! Metadata never holds content, tokens or secrets: only ids, lengths and
 //! keys, each string cut to `MAX_META_STRING_CHARS`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -58,6 +59,8 @@ pub struct Auditor {
     sink: Arc<dyn AuditSink>,
     enabled: bool,
     sample_rate: f64,
+    /// Rows that could not be written, so a failure is never silent.
+    failures: Arc<AtomicU64>,
 }
 
 impl Auditor {
@@ -66,7 +69,13 @@ impl Auditor {
             sink,
             enabled,
             sample_rate,
+            failures: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// How many audit rows failed to be written since start.
+    pub fn failed_writes(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
     }
 
     fn sampled(&self) -> bool {
@@ -74,8 +83,9 @@ impl Auditor {
     }
 
     /// Records the action if the policy says so. A failed write does not fail
-    /// the request (the mutation is already committed); it is logged here,
-    /// once, with the request id, so it never vanishes silently.
+    /// the request (the mutation is already committed and its event is in the
+    /// log); it is counted and logged here, once, with the request id, so it
+    /// never vanishes silently.
     pub async fn record(
         &self,
         actor: &Actor,
@@ -98,6 +108,7 @@ impl Auditor {
             user_agent: actor.user_agent.as_deref().map(cut),
         };
         if let Err(e) = self.sink.record(&record).await {
+            self.failures.fetch_add(1, Ordering::Relaxed);
             tracing::error!(
                 error_code = e.code(),
                 error.message = %e,

@@ -59,6 +59,10 @@ impl CollabService {
         &self.store
     }
 
+    pub fn auditor(&self) -> &Auditor {
+        &self.auditor
+    }
+
     #[instrument(skip_all)]
     pub async fn create_draft(&self, actor: &Actor, title: &str) -> Result<Draft, Error> {
         let title = validate::title(title)?;
