@@ -20,10 +20,12 @@ use crate::adapters::memory::{
 };
 use crate::adapters::postgres::migrate::MigrateError;
 use crate::adapters::postgres::{self, PoolSettings, PostgresAudit, PostgresStore};
+use crate::adapters::redis::{self, RedisFanout, RedisLeases, RedisRateLimiter, RedisSettings};
 use crate::audit::Auditor;
 use crate::auth::Authenticator;
 use crate::collab::service::{CollabCaps, CollabService};
 use crate::config::Config;
+use crate::limits::fallback::{FallbackLimiter, ReplicaCount};
 use crate::limits::http::Policies;
 use crate::ports::{AuditSink, Fanout, RateLimiter, Rooms, SocketCaps, SocketLeases, Store};
 use crate::realtime::hub::{Hub, RoomRegistry};
@@ -74,11 +76,41 @@ impl Backends {
         Ok(backends)
     }
 
+    /// Cluster: Postgres as above, and Redis for room fanout, rate limits and
+    /// socket caps shared by every replica.
+    pub async fn cluster(
+        config: &Config,
+        database: &PoolSettings,
+        settings: &RedisSettings,
+    ) -> Result<Self, StartError> {
+        let mut backends = Backends::postgres(config, database).await?;
+        let pool = redis::pool(settings).await?;
+        let fanout = RedisFanout::start(settings, pool.clone(), backends.registry.clone()).await?;
+        let ttl = std::time::Duration::from_secs(config.ws_lease_ttl_seconds);
+        let leases = RedisLeases::start(pool.clone(), &settings.prefix, ttl).await?;
+        let replicas: ReplicaCount = {
+            let leases = leases.clone();
+            Arc::new(move || leases.replicas())
+        };
+        let limiter = RedisRateLimiter::new(pool, &settings.prefix);
+        backends.limiter = Arc::new(FallbackLimiter::new(
+            Arc::new(limiter),
+            config.rate_limit_fail_mode,
+            replicas,
+        ));
+        backends.fanout = Arc::new(fanout);
+        backends.leases = leases.clone();
+        backends.rooms = leases;
+        backends.mode = "cluster";
+        Ok(backends)
+    }
+
     /// The adapters the configuration asks for.
     pub async fn from_config(config: &Config) -> Result<Self, StartError> {
-        match config.database() {
-            Some(settings) => Backends::postgres(config, &settings).await,
-            None => Ok(Backends::memory(Arc::new(MemoryAudit::new()))),
+        match (config.database(), config.redis()) {
+            (Some(database), Some(redis)) => Backends::cluster(config, &database, &redis).await,
+            (Some(database), None) => Backends::postgres(config, &database).await,
+            _ => Ok(Backends::memory(Arc::new(MemoryAudit::new()))),
         }
     }
 }
@@ -86,8 +118,8 @@ impl Backends {
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("database: {0}")]
-    Database(#[from] crate::error::Error),
+    #[error("{0}")]
+    Backend(#[from] crate::error::Error),
     #[error("database migrations: {0}")]
     Migrate(#[from] MigrateError),
     #[error("listener: {0}")]
@@ -222,7 +254,8 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     let listener = TcpListener::bind(addr).await?;
     let what = match backends.mode {
         "standalone" => "state, fanout and limits in this process",
-        _ => "drafts, events and audit in Postgres; fanout and limits in this process",
+        "postgres" => "drafts, events and audit in Postgres; fanout and limits in this process",
+        _ => "drafts, events and audit in Postgres; fanout, limits and socket caps in Redis",
     };
     tracing::info!(
         mode = backends.mode,

@@ -11,6 +11,7 @@ use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::limits::client_ip::TrustedProxies;
+use crate::limits::fallback::FailMode;
 
 /// The secret used when none is configured. Fine for a laptop, refused in prod.
 pub const DEV_JWT_SECRET: &str = "collabd-dev-secret-do-not-use-in-production";
@@ -176,6 +177,31 @@ pub struct Config {
     #[arg(long, env = "DATABASE_QUERY_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub database_query_timeout_seconds: u64,
 
+    /// Redis URL (`redis://host:6379/0`). Set together with DATABASE_URL: cluster
+    /// mode, with room fanout, rate limits and socket caps shared by all replicas.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel, so deployments can share a Redis.
+    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "collabd:")]
+    pub redis_key_prefix: String,
+    /// Connections in this replica's Redis pool (plus one for subscriptions).
+    #[arg(long, env = "REDIS_POOL_SIZE", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub redis_pool_size: u32,
+    /// Deadline for connecting to Redis and for each command.
+    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub redis_timeout_ms: u64,
+    /// A replica that stops renewing its socket lease for this long stops counting.
+    #[arg(long, env = "WS_LEASE_TTL_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=600))]
+    pub ws_lease_ttl_seconds: u64,
+    /// When Redis fails: `local` (this replica's share of the limit), `open` or `closed` (503).
+    #[arg(
+        long,
+        env = "RATE_LIMIT_FAIL_MODE",
+        value_enum,
+        default_value = "local"
+    )]
+    pub rate_limit_fail_mode: FailMode,
+
     /// On SIGTERM: how long open sockets and requests get to finish.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 10)]
     pub shutdown_timeout_seconds: u64,
@@ -262,6 +288,31 @@ impl Config {
                 });
             }
         }
+        if self.redis_url.is_some() && self.database_url.is_none() {
+            return Err(ConfigError {
+                variable: "REDIS_URL",
+                reason: "cluster mode also needs DATABASE_URL (drafts live in Postgres)".into(),
+            });
+        }
+        if let Some(url) = &self.redis_url {
+            if fred::prelude::Config::from_url(url).is_err() {
+                return Err(ConfigError {
+                    variable: "REDIS_URL",
+                    reason: "is not a valid Redis URL".into(),
+                });
+            }
+        }
+        if self.redis_key_prefix.is_empty()
+            || self
+                .redis_key_prefix
+                .chars()
+                .any(|c| c.is_whitespace() || c == '{' || c == '}')
+        {
+            return Err(ConfigError {
+                variable: "REDIS_KEY_PREFIX",
+                reason: "must be non-empty, without spaces or braces".into(),
+            });
+        }
         if self.ws_allowed_origins.iter().any(|o| o.trim().is_empty()) {
             return Err(ConfigError {
                 variable: "WS_ALLOWED_ORIGINS",
@@ -286,6 +337,18 @@ impl Config {
                 url: url.clone(),
                 max_size: self.database_pool_size as usize,
                 connect_timeout: Duration::from_secs(self.database_connect_timeout_seconds),
+            })
+    }
+
+    /// Redis settings, when cluster mode is configured.
+    pub fn redis(&self) -> Option<crate::adapters::redis::RedisSettings> {
+        self.redis_url
+            .as_ref()
+            .map(|url| crate::adapters::redis::RedisSettings {
+                url: url.clone(),
+                prefix: self.redis_key_prefix.clone(),
+                pool_size: self.redis_pool_size as usize,
+                timeout: Duration::from_millis(self.redis_timeout_ms),
             })
     }
 

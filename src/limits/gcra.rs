@@ -4,14 +4,18 @@
 //! so the in-process limiter and a Redis script can share one definition and
 //! be tested against each other.
 //!
-//! Times are nanoseconds. The emission interval is `period / count` (computed
-//! as redis-cell does, in floating point, truncated); the tolerance is
-//! `interval * (max_burst + 1)`; a request is allowed when the new TAT minus
-//! the tolerance is not after now. Seconds in the reply round up any partial
-//! millisecond, as redis-cell does, so a caller never retries too early.
+//! Times are integer microseconds: the resolution of Redis `TIME`, and exact
+//! in the doubles Lua computes with (redis-cell keeps nanoseconds, but its
+//! clock and its `remaining` arithmetic are microsecond-grained anyway). The
+//! emission interval is `period / count` (in floating point, truncated, as
+//! redis-cell does); the tolerance is `interval * (max_burst + 1)`; a request
+//! is allowed when the new TAT minus the tolerance is not after now. Seconds
+//! in the reply round up any partial millisecond, as redis-cell does, so a
+//! caller never retries too early. `lua/gcra.lua` is the same algorithm,
+//! line for line, and a test holds the two to the same replies.
 
-const NANOS_PER_SEC: i128 = 1_000_000_000;
-const NANOS_PER_MILLI: i128 = 1_000_000;
+const MICROS_PER_SEC: i128 = 1_000_000;
+const MICROS_PER_MILLI: i128 = 1_000;
 
 /// A named limit: `count` requests per `period_secs`, plus `max_burst` extra at once.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,8 +45,8 @@ impl RatePolicy {
         if self.max_burst < 0 {
             return Err(GcraError::NegativeBurst);
         }
-        let period_ns = self.period_secs as f64 * NANOS_PER_SEC as f64;
-        let interval = (period_ns / self.count as f64) as i128;
+        let period_us = self.period_secs as f64 * MICROS_PER_SEC as f64;
+        let interval = (period_us / self.count as f64) as i128;
         if interval <= 0 {
             return Err(GcraError::ZeroRate);
         }
@@ -63,15 +67,15 @@ impl RatePolicy {
     }
 }
 
-/// The reply of one throttle call, with durations kept in nanoseconds.
+/// The reply of one throttle call, with durations kept in microseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ThrottleReply {
     pub limited: bool,
     pub limit: i64,
     pub remaining: i64,
     /// -1 s when allowed, or when the quantity can never fit.
-    pub retry_after_ns: i128,
-    pub reset_after_ns: i128,
+    pub retry_after_us: i128,
+    pub reset_after_us: i128,
 }
 
 impl ThrottleReply {
@@ -81,32 +85,44 @@ impl ThrottleReply {
             self.limited as i64,
             self.limit,
             self.remaining,
-            cell_seconds(self.retry_after_ns),
-            cell_seconds(self.reset_after_ns),
+            cell_seconds(self.retry_after_us),
+            cell_seconds(self.reset_after_us),
         ]
     }
 
+    /// A reply known only in whole seconds, as `CL.THROTTLE` (or the Lua
+    /// script) gives it.
+    pub fn from_cell_reply(reply: [i64; 5]) -> Self {
+        ThrottleReply {
+            limited: reply[0] == 1,
+            limit: reply[1],
+            remaining: reply[2],
+            retry_after_us: reply[3] as i128 * MICROS_PER_SEC,
+            reset_after_us: reply[4] as i128 * MICROS_PER_SEC,
+        }
+    }
+
     pub fn retry_after_secs(&self) -> i64 {
-        cell_seconds(self.retry_after_ns)
+        cell_seconds(self.retry_after_us)
     }
 
     pub fn reset_after_secs(&self) -> i64 {
-        cell_seconds(self.reset_after_ns)
+        cell_seconds(self.reset_after_us)
     }
 }
 
 /// The state change a throttle call asks its store to make.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TatWrite {
-    pub tat_ns: i128,
+    pub tat_us: i128,
     /// How long the stored TAT matters; after that the key may expire.
-    pub ttl_ns: i128,
+    pub ttl_us: i128,
 }
 
 /// One `CL.THROTTLE` call against the stored TAT (`None`: no key).
 pub fn throttle(
-    stored_tat_ns: Option<i128>,
-    now_ns: i128,
+    stored_tat_us: Option<i128>,
+    now_us: i128,
     policy: &RatePolicy,
     quantity: i64,
 ) -> Result<(ThrottleReply, Option<TatWrite>), GcraError> {
@@ -117,50 +133,48 @@ pub fn throttle(
     let tolerance = interval * policy.limit() as i128;
     let increment = interval * quantity as i128;
 
-    let tat = stored_tat_ns.unwrap_or(now_ns);
-    let new_tat = tat.max(now_ns) + increment;
+    let tat = stored_tat_us.unwrap_or(now_us);
+    let new_tat = tat.max(now_us) + increment;
     let allow_at = new_tat - tolerance;
-    let diff = now_ns - allow_at;
+    let diff = now_us - allow_at;
 
     let mut reply = ThrottleReply {
         limited: false,
         limit: policy.limit(),
         remaining: 0,
-        retry_after_ns: -NANOS_PER_SEC,
-        reset_after_ns: -NANOS_PER_SEC,
+        retry_after_us: -MICROS_PER_SEC,
+        reset_after_us: -MICROS_PER_SEC,
     };
     let (ttl, write) = if diff < 0 {
         reply.limited = true;
         if increment <= tolerance {
-            reply.retry_after_ns = -diff;
+            reply.retry_after_us = -diff;
         }
-        (tat - now_ns, None)
+        (tat - now_us, None)
     } else {
-        let ttl = new_tat - now_ns;
+        let ttl = new_tat - now_us;
         (
             ttl,
             Some(TatWrite {
-                tat_ns: new_tat,
-                ttl_ns: ttl,
+                tat_us: new_tat,
+                ttl_us: ttl,
             }),
         )
     };
 
     let next = tolerance - ttl;
     if next > -interval {
-        // redis-cell divides microseconds as floats and truncates.
-        let next_us = (next / 1_000) as f64;
-        let interval_us = (interval / 1_000) as f64;
-        reply.remaining = (next_us / interval_us) as i64;
+        // redis-cell divides as floats and truncates toward zero.
+        reply.remaining = (next as f64 / interval as f64) as i64;
     }
-    reply.reset_after_ns = ttl;
+    reply.reset_after_us = ttl;
     Ok((reply, write))
 }
 
 /// Whole seconds, plus one when a partial millisecond remains (redis-cell's rounding).
-fn cell_seconds(ns: i128) -> i64 {
-    let whole = ns / NANOS_PER_SEC;
-    let sub_ms = (ns % NANOS_PER_SEC) / NANOS_PER_MILLI;
+fn cell_seconds(us: i128) -> i64 {
+    let whole = us / MICROS_PER_SEC;
+    let sub_ms = (us % MICROS_PER_SEC) / MICROS_PER_MILLI;
     (whole + i128::from(sub_ms > 0)) as i64
 }
 
@@ -168,7 +182,7 @@ fn cell_seconds(ns: i128) -> i64 {
 mod tests {
     use super::*;
 
-    const S: i128 = NANOS_PER_SEC;
+    const S: i128 = MICROS_PER_SEC;
 
     fn policy(max_burst: i64, count: i64, period_secs: i64) -> RatePolicy {
         RatePolicy {
@@ -190,7 +204,7 @@ mod tests {
             let stored = self.tat.filter(|(_, exp)| *exp > now).map(|(t, _)| t);
             let (reply, write) = throttle(stored, now, p, quantity).unwrap();
             if let Some(w) = write {
-                self.tat = Some((w.tat_ns, now + w.ttl_ns));
+                self.tat = Some((w.tat_us, now + w.ttl_us));
             }
             reply
         }
@@ -217,8 +231,8 @@ mod tests {
         let p = policy(4, 1, 1);
         let mut key = Key { tat: None };
         let start = 1_000 * S;
-        let ms = |n: i128| start + n * 1_000_000;
-        // (now, quantity, remaining, reset_after_ns, retry_after_ns, limited)
+        let ms = |n: i128| start + n * 1_000;
+        // (now, quantity, remaining, reset_after_us, retry_after_us, limited)
         let cases: &[(i128, i64, i64, i128, i128, bool)] = &[
             (start, 6, 5, 0, -S, true),
             (start, 1, 4, S, -S, false),
@@ -228,7 +242,7 @@ mod tests {
             (start, 1, 0, 5 * S, -S, false),
             (start, 1, 0, 5 * S, S, true),
             (ms(3000), 1, 2, 3 * S, -S, false),
-            (ms(3100), 1, 1, 3_900_000_000, -S, false),
+            (ms(3100), 1, 1, 3_900_000, -S, false),
             (ms(4000), 1, 1, 4 * S, -S, false),
             (ms(8000), 1, 4, S, -S, false),
             (ms(9500), 1, 4, S, -S, false),
@@ -241,8 +255,8 @@ mod tests {
             assert_eq!(r.limited, limited, "case {i}");
             assert_eq!(r.limit, 5, "case {i}");
             assert_eq!(r.remaining, remaining, "case {i}");
-            assert_eq!(r.reset_after_ns, reset, "case {i}");
-            assert_eq!(r.retry_after_ns, retry, "case {i}");
+            assert_eq!(r.reset_after_us, reset, "case {i}");
+            assert_eq!(r.retry_after_us, retry, "case {i}");
         }
     }
 
@@ -255,8 +269,8 @@ mod tests {
         assert_eq!(
             write,
             Some(TatWrite {
-                tat_ns: 10 * S,
-                ttl_ns: 0
+                tat_us: 10 * S,
+                ttl_us: 0
             })
         );
     }
@@ -273,7 +287,7 @@ mod tests {
     #[test]
     fn large_timestamps_do_not_overflow() {
         let p = policy(1_000_000, 1, 86_400);
-        let now = i64::MAX as i128 - 10 * S;
+        let now = 1_800_000_000 * S;
         let (reply, _) = throttle(Some(now), now, &p, 1_000_000).unwrap();
         assert!(!reply.limited);
     }
@@ -302,8 +316,8 @@ mod tests {
     fn seconds_round_up_partial_milliseconds_only() {
         assert_eq!(cell_seconds(-S), -1);
         assert_eq!(cell_seconds(2 * S), 2);
-        assert_eq!(cell_seconds(2 * S + 1_000_000), 3);
-        assert_eq!(cell_seconds(2 * S + 999_999), 2);
+        assert_eq!(cell_seconds(2 * S + 1_000), 3);
+        assert_eq!(cell_seconds(2 * S + 999), 2);
         assert_eq!(cell_seconds(0), 0);
     }
 }

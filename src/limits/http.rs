@@ -97,11 +97,8 @@ pub async fn rate_limit(State(state): State<AppState>, mut req: Request, next: N
             set_headers(response.headers_mut(), &policy, &reply);
             response
         }
-        Err(e) => {
-            // The limiter is a guard, not a dependency: when it fails, serve.
-            tracing::warn!(error.message = %e, scope = policy.name, "rate limiter failed; request allowed");
-            next.run(req).await
-        }
+        // Only RATE_LIMIT_FAIL_MODE=closed lets a backend failure through.
+        Err(e) => e.into_response(),
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod pg;
 pub mod proxy;
+pub mod redis;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -77,178 +78,21 @@ pub struct AuditRow {
     pub ip: Option<String>,
 }
 
-pub struct TestApp {
+/// An HTTP and WebSocket client of one server, as one user or another.
+pub struct Api {
     pub addr: SocketAddr,
     pub base: String,
     pub http: reqwest::Client,
-    pub audit: Arc<MemoryAudit>,
-    /// The schema a Postgres-backed app uses.
-    pub db: Option<Arc<pg::TestDb>>,
-    pub state: AppState,
     auth: Authenticator,
-    stop: Option<oneshot::Sender<()>>,
-    server: Option<JoinHandle<std::io::Result<()>>>,
 }
 
-pub async fn spawn_app(kind: Kind) -> TestApp {
-    spawn_with(kind, |_| {}).await
-}
-
-/// Starts a server whose configuration `adjust` has changed from the defaults.
-pub async fn spawn_with(kind: Kind, adjust: impl FnOnce(&mut Config)) -> TestApp {
-    match kind {
-        Kind::Memory => {
-            let audit = Arc::new(MemoryAudit::new());
-            spawn_with_backends(adjust, Backends::memory(audit.clone()), audit).await
-        }
-        Kind::Postgres => spawn_on(pg::TestDb::create().await, None, adjust).await,
-    }
-}
-
-/// Starts a Postgres-backed server on an existing schema (a second replica, or
-/// a restart), optionally reaching Postgres through a proxy.
-pub async fn spawn_on(
-    db: Arc<pg::TestDb>,
-    via: Option<SocketAddr>,
-    adjust: impl FnOnce(&mut Config),
-) -> TestApp {
-    let mut config = test_config();
-    config.database_url = Some(db.url_via(via));
-    adjust(&mut config);
-    let backends = Backends::from_config(&config)
-        .await
-        .expect("postgres backends");
-    let mut app = serve(config, backends, Arc::new(MemoryAudit::new())).await;
-    app.db = Some(db);
-    app
-}
-
-fn test_config() -> Config {
-    init_logs();
-    let mut config = Config::defaults();
-    config.auth_jwt_secret = "test-secret".into();
-    config.shutdown_timeout_seconds = 5;
-    config
-}
-
-pub async fn spawn_with_backends(
-    adjust: impl FnOnce(&mut Config),
-    backends: Backends,
-    audit: Arc<MemoryAudit>,
-) -> TestApp {
-    let mut config = test_config();
-    adjust(&mut config);
-    serve(config, backends, audit).await
-}
-
-async fn serve(config: Config, backends: Backends, audit: Arc<MemoryAudit>) -> TestApp {
-    config.validate().expect("test config is valid");
-    let auth = Authenticator::new(&config.auth_jwt_secret);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let state = AppState::new(config, backends);
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(run(listener, state.clone(), async move {
-        let _ = stopped.await;
-    }));
-    TestApp {
-        addr,
-        base: format!("http://{addr}"),
-        http: reqwest::Client::new(),
-        audit,
-        db: None,
-        state,
-        auth,
-        stop: Some(stop),
-        server: Some(server),
-    }
-}
-
-/// A response, read whole: status, headers and JSON body.
-pub struct Reply {
-    pub status: u16,
-    pub headers: reqwest::header::HeaderMap,
-    pub body: Value,
-}
-
-impl Reply {
-    /// The error code of an error envelope, checking the envelope's shape.
-    pub fn code(&self) -> &str {
-        let error = &self.body["error"];
-        assert!(
-            error["message"].is_string(),
-            "envelope lacks a message: {}",
-            self.body
-        );
-        assert!(
-            error["request_id"].is_string(),
-            "envelope lacks a request_id: {}",
-            self.body
-        );
-        error["code"]
-            .as_str()
-            .unwrap_or_else(|| panic!("not an error envelope: {}", self.body))
-    }
-
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-}
-
-pub async fn read_reply(response: reqwest::Response) -> Reply {
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let bytes = response.bytes().await.unwrap();
-    let body = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| panic!("body is not JSON: {}", String::from_utf8_lossy(&bytes)))
-    };
-    Reply {
-        status,
-        headers,
-        body,
-    }
-}
-
-impl TestApp {
-    /// Every audit row so far, oldest first.
-    pub async fn audit_rows(&self) -> Vec<AuditRow> {
-        match &self.db {
-            None => self
-                .audit
-                .rows()
-                .into_iter()
-                .map(|r| AuditRow {
-                    action: r.action.as_str().to_owned(),
-                    user_id: r.user_id,
-                    request_id: r.request_id,
-                    draft_id: r.draft_id,
-                    metadata: r.metadata,
-                    ip: r.ip,
-                })
-                .collect(),
-            Some(db) => db
-                .client()
-                .await
-                .query(
-                    "SELECT action, user_id, request_id, draft_id, metadata, ip
-                       FROM audit_events ORDER BY ts, id",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| AuditRow {
-                    action: r.get(0),
-                    user_id: r.get(1),
-                    request_id: r.get(2),
-                    draft_id: r.get(3),
-                    metadata: r.get(4),
-                    ip: r.get(5),
-                })
-                .collect(),
+impl Api {
+    pub fn new(addr: SocketAddr, secret: &str) -> Api {
+        Api {
+            addr,
+            base: format!("http://{addr}"),
+            http: reqwest::Client::new(),
+            auth: Authenticator::new(secret),
         }
     }
 
@@ -354,6 +198,176 @@ impl TestApp {
         assert_eq!(ready["type"], "ready", "first frame: {ready}");
         (ws, ready)
     }
+}
+
+pub struct TestApp {
+    pub api: Api,
+    pub audit: Arc<MemoryAudit>,
+    /// The schema a Postgres-backed app uses.
+    pub db: Option<Arc<pg::TestDb>>,
+    pub state: AppState,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+pub async fn spawn_app(kind: Kind) -> TestApp {
+    spawn_with(kind, |_| {}).await
+}
+
+/// Starts a server whose configuration `adjust` has changed from the defaults.
+pub async fn spawn_with(kind: Kind, adjust: impl FnOnce(&mut Config)) -> TestApp {
+    match kind {
+        Kind::Memory => {
+            let audit = Arc::new(MemoryAudit::new());
+            spawn_with_backends(adjust, Backends::memory(audit.clone()), audit).await
+        }
+        Kind::Postgres => spawn_on(pg::TestDb::create().await, None, adjust).await,
+    }
+}
+
+/// Starts a Postgres-backed server on an existing schema (a second replica, or
+/// a restart), optionally reaching Postgres through a proxy.
+pub async fn spawn_on(
+    db: Arc<pg::TestDb>,
+    via: Option<SocketAddr>,
+    adjust: impl FnOnce(&mut Config),
+) -> TestApp {
+    let mut config = test_config();
+    config.database_url = Some(db.url_via(via));
+    adjust(&mut config);
+    let backends = Backends::from_config(&config)
+        .await
+        .expect("postgres backends");
+    let mut app = serve(config, backends, Arc::new(MemoryAudit::new())).await;
+    app.db = Some(db);
+    app
+}
+
+fn test_config() -> Config {
+    init_logs();
+    let mut config = Config::defaults();
+    config.auth_jwt_secret = "test-secret".into();
+    config.shutdown_timeout_seconds = 5;
+    config
+}
+
+pub async fn spawn_with_backends(
+    adjust: impl FnOnce(&mut Config),
+    backends: Backends,
+    audit: Arc<MemoryAudit>,
+) -> TestApp {
+    let mut config = test_config();
+    adjust(&mut config);
+    serve(config, backends, audit).await
+}
+
+async fn serve(config: Config, backends: Backends, audit: Arc<MemoryAudit>) -> TestApp {
+    config.validate().expect("test config is valid");
+    let secret = config.auth_jwt_secret.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = AppState::new(config, backends);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(run(listener, state.clone(), async move {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        api: Api::new(addr, &secret),
+        audit,
+        db: None,
+        state,
+        stop: Some(stop),
+        server: Some(server),
+    }
+}
+
+/// A response, read whole: status, headers and JSON body.
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    /// The error code of an error envelope, checking the envelope's shape.
+    pub fn code(&self) -> &str {
+        let error = &self.body["error"];
+        assert!(
+            error["message"].is_string(),
+            "envelope lacks a message: {}",
+            self.body
+        );
+        assert!(
+            error["request_id"].is_string(),
+            "envelope lacks a request_id: {}",
+            self.body
+        );
+        error["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("not an error envelope: {}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+pub async fn read_reply(response: reqwest::Response) -> Reply {
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = response.bytes().await.unwrap();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| panic!("body is not JSON: {}", String::from_utf8_lossy(&bytes)))
+    };
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+impl TestApp {
+    /// Every audit row so far, oldest first.
+    pub async fn audit_rows(&self) -> Vec<AuditRow> {
+        match &self.db {
+            None => self
+                .audit
+                .rows()
+                .into_iter()
+                .map(|r| AuditRow {
+                    action: r.action.as_str().to_owned(),
+                    user_id: r.user_id,
+                    request_id: r.request_id,
+                    draft_id: r.draft_id,
+                    metadata: r.metadata,
+                    ip: r.ip,
+                })
+                .collect(),
+            Some(db) => db
+                .client()
+                .await
+                .query(
+                    "SELECT action, user_id, request_id, draft_id, metadata, ip
+                       FROM audit_events ORDER BY ts, id",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| AuditRow {
+                    action: r.get(0),
+                    user_id: r.get(1),
+                    request_id: r.get(2),
+                    draft_id: r.get(3),
+                    metadata: r.get(4),
+                    ip: r.get(5),
+                })
+                .collect(),
+        }
+    }
 
     /// Starts draining, as SIGTERM would.
     pub fn begin_shutdown(&mut self) {
@@ -367,6 +381,14 @@ impl TestApp {
         self.begin_shutdown();
         let server = self.server.take().unwrap();
         within(server).await.unwrap()
+    }
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
     }
 }
 

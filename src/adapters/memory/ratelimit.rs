@@ -16,8 +16,8 @@ use crate::ports::RateLimiter;
 const SWEEP_THRESHOLD: usize = 10_000;
 
 struct Entry {
-    tat_ns: i128,
-    expires_ns: i128,
+    tat_us: i128,
+    expires_us: i128,
 }
 
 /// A std `Mutex`: the critical section is a map lookup and a few integer
@@ -41,9 +41,9 @@ impl MemoryRateLimiter {
         Self::default()
     }
 
-    /// Nanoseconds on a monotonic clock, so wall-clock steps cannot refill buckets.
-    fn now_ns(&self) -> i128 {
-        self.started.elapsed().as_nanos() as i128
+    /// Microseconds on a monotonic clock, so wall-clock steps cannot refill buckets.
+    fn now_us(&self) -> i128 {
+        self.started.elapsed().as_micros() as i128
     }
 }
 
@@ -55,23 +55,23 @@ impl RateLimiter for MemoryRateLimiter {
         policy: &RatePolicy,
         quantity: u32,
     ) -> Result<ThrottleReply, Error> {
-        let now = self.now_ns();
+        let now = self.now_us();
         let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
         if keys.len() >= SWEEP_THRESHOLD {
-            keys.retain(|_, e| e.expires_ns > now);
+            keys.retain(|_, e| e.expires_us > now);
         }
         let stored = keys
             .get(key)
-            .filter(|e| e.expires_ns > now)
-            .map(|e| e.tat_ns);
+            .filter(|e| e.expires_us > now)
+            .map(|e| e.tat_us);
         let (reply, write) =
             throttle(stored, now, policy, quantity as i64).map_err(Error::internal)?;
-        if let Some(write) = write.filter(|w| w.ttl_ns > 0) {
+        if let Some(write) = write.filter(|w| w.ttl_us > 0) {
             keys.insert(
                 key.to_owned(),
                 Entry {
-                    tat_ns: write.tat_ns,
-                    expires_ns: now + write.ttl_ns,
+                    tat_us: write.tat_us,
+                    expires_us: now + write.ttl_us,
                 },
             );
         }

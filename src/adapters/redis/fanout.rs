@@ -1,0 +1,178 @@
+//! Room fanout over Redis pub/sub: one channel per draft room, subscribed
+//! while this replica has a socket in the room. The reader never blocks: it
+//! hands each message to the room registry (a `try_send`). After a reconnect
+//! every channel is resubscribed and every room re-reads the store from its
+//! head, so events published meanwhile are filled in, never skipped.
+//!
+//! A publish is also delivered to this replica's own rooms directly, so local
+//! watchers keep receiving while Redis is down; rooms drop the echo that
+//! comes back through Redis by seq.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use fred::clients::{Pool, SubscriberClient};
+use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use super::{builder, redis_error, RedisSettings};
+use crate::collab::model::Event;
+use crate::error::Error;
+use crate::ports::Fanout;
+use crate::realtime::hub::RoomRegistry;
+
+/// The pub/sub channel of a draft's room.
+pub fn channel(prefix: &str, draft_id: Uuid) -> String {
+    format!("{prefix}room:{draft_id}")
+}
+
+pub struct RedisFanout {
+    publisher: Pool,
+    subscriber: SubscriberClient,
+    prefix: String,
+    registry: RoomRegistry,
+    /// Rooms per channel. A Tokio mutex, held across the SUBSCRIBE or
+    /// UNSUBSCRIBE it guards, so a room that stops and one that starts for the
+    /// same draft cannot reorder the two commands.
+    /// fred tracks a channel only once SUBSCRIBE succeeded; this map is the
+    /// truth that is resubscribed after a reconnect.
+    subscriptions: Arc<Mutex<HashMap<Uuid, usize>>>,
+}
+
+impl RedisFanout {
+    /// Connects the subscriber and starts the reader and reconnect tasks.
+    pub async fn start(
+        settings: &RedisSettings,
+        publisher: Pool,
+        registry: RoomRegistry,
+    ) -> Result<Self, Error> {
+        let subscriber = builder(settings)?
+            .build_subscriber_client()
+            .map_err(redis_error)?;
+        // Take the receivers before connecting, so nothing is missed.
+        let mut messages = subscriber.message_rx();
+        let mut reconnects = subscriber.reconnect_rx();
+        subscriber.init().await.map_err(redis_error)?;
+        let prefix = settings.prefix.clone();
+        {
+            let registry = registry.clone();
+            let channel_prefix = format!("{prefix}room:");
+            tokio::spawn(async move {
+                loop {
+                    match messages.recv().await {
+                        Ok(message) => {
+                            if !message.channel.starts_with(&channel_prefix) {
+                                continue;
+                            }
+                            let Some(text) = message.value.as_str() else {
+                                continue;
+                            };
+                            match serde_json::from_str::<Event>(&text) {
+                                Ok(event) => registry.deliver(event),
+                                Err(e) => {
+                                    tracing::warn!(error.message = %e, "undecodable fanout message")
+                                }
+                            }
+                        }
+                        Err(RecvError::Lagged(missed)) => {
+                            tracing::warn!(
+                                missed,
+                                "fanout reader lagged; rooms resync from the store"
+                            );
+                            registry.resync_all();
+                        }
+                        Err(RecvError::Closed) => break,
+                    }
+                }
+            });
+        }
+        let subscriptions: Arc<Mutex<HashMap<Uuid, usize>>> = Arc::default();
+        {
+            let (subscriber, registry) = (subscriber.clone(), registry.clone());
+            let (subscriptions, prefix) = (subscriptions.clone(), prefix.clone());
+            tokio::spawn(async move {
+                // The first notification is the initial connect.
+                let mut first = true;
+                while reconnects.recv().await.is_ok() {
+                    if std::mem::take(&mut first) {
+                        continue;
+                    }
+                    let held = subscriptions.lock().await;
+                    let channels: Vec<String> =
+                        held.keys().map(|id| channel(&prefix, *id)).collect();
+                    tracing::info!(
+                        rooms = channels.len(),
+                        "redis subscriber reconnected; resubscribing rooms"
+                    );
+                    if !channels.is_empty() {
+                        if let Err(e) = subscriber.subscribe(channels).await {
+                            tracing::warn!(error.message = %e, "resubscribe failed");
+                        }
+                    }
+                    drop(held);
+                    registry.resync_all();
+                }
+            });
+        }
+        Ok(RedisFanout {
+            publisher,
+            subscriber,
+            prefix,
+            registry,
+            subscriptions,
+        })
+    }
+
+    fn channel(&self, draft_id: Uuid) -> String {
+        channel(&self.prefix, draft_id)
+    }
+}
+
+#[async_trait]
+impl Fanout for RedisFanout {
+    async fn publish(&self, event: &Event) -> Result<(), Error> {
+        self.registry.deliver(event.clone());
+        let payload = serde_json::to_string(event).map_err(Error::internal)?;
+        let _: i64 = self
+            .publisher
+            .next()
+            .publish(self.channel(event.draft_id), payload)
+            .await
+            .map_err(redis_error)?;
+        Ok(())
+    }
+
+    async fn subscribe(&self, draft_id: Uuid) -> Result<(), Error> {
+        let mut subscriptions = self.subscriptions.lock().await;
+        let rooms = subscriptions.entry(draft_id).or_insert(0);
+        *rooms += 1;
+        if *rooms == 1 {
+            // Even if this fails the channel stays tracked, and the reconnect
+            // task subscribes it once Redis is back.
+            self.subscriber
+                .subscribe(self.channel(draft_id))
+                .await
+                .map_err(redis_error)?;
+        }
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, draft_id: Uuid) -> Result<(), Error> {
+        let mut subscriptions = self.subscriptions.lock().await;
+        let Some(rooms) = subscriptions.get_mut(&draft_id) else {
+            return Ok(());
+        };
+        *rooms -= 1;
+        if *rooms == 0 {
+            subscriptions.remove(&draft_id);
+            self.subscriber
+                .unsubscribe(self.channel(draft_id))
+                .await
+                .map_err(redis_error)?;
+        }
+        Ok(())
+    }
+}

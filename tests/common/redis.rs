@@ -1,0 +1,139 @@
+//! Redis for tests: the shared server (TEST_REDIS_URL, by default
+//! 127.0.0.1:6379) with a key prefix of the test's own, deleted afterwards, or
+//! a private redis-server on a free port for tests that flush or stop it.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use fred::prelude::{Builder, ClientLike, Config, KeysInterface};
+use fred::types::scan::Scanner;
+use futures_util::StreamExt;
+
+pub fn base_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned())
+}
+
+pub fn server_addr() -> SocketAddr {
+    let url = base_url();
+    let host_port = url
+        .trim_start_matches("redis://")
+        .split(['/', '?'])
+        .next()
+        .unwrap()
+        .rsplit('@')
+        .next()
+        .unwrap()
+        .replace("localhost", "127.0.0.1");
+    host_port
+        .parse()
+        .expect("TEST_REDIS_URL names an IP host and port")
+}
+
+/// A key prefix no other test uses.
+pub fn unique_prefix() -> String {
+    format!("collabd-test:{}:", uuid::Uuid::new_v4().simple())
+}
+
+pub async fn client(url: &str) -> fred::clients::Client {
+    let client = Builder::from_config(Config::from_url(url).unwrap())
+        .build()
+        .unwrap();
+    client.init().await.unwrap_or_else(|e| {
+        panic!("cannot reach the test Redis at {url}: {e}; run scripts/test, which starts it")
+    });
+    client
+}
+
+/// Deletes every key under `prefix` (hash-tagged keys included).
+pub async fn delete_prefix(url: &str, prefix: &str) {
+    let client = client(url).await;
+    let patterns = [format!("{prefix}*"), format!("{{{prefix}*")];
+    for pattern in patterns {
+        let mut scan = client.scan(pattern, Some(500), None);
+        while let Some(Ok(mut page)) = scan.next().await {
+            if let Some(keys) = page.take_results() {
+                if !keys.is_empty() {
+                    let _: i64 = client.del(keys).await.unwrap_or(0);
+                }
+            }
+        }
+    }
+}
+
+/// A prefix on the shared Redis, cleaned up when dropped.
+pub struct TestPrefix {
+    pub prefix: String,
+}
+
+impl TestPrefix {
+    pub fn new() -> TestPrefix {
+        TestPrefix {
+            prefix: unique_prefix(),
+        }
+    }
+}
+
+impl Drop for TestPrefix {
+    fn drop(&mut self) {
+        let prefix = self.prefix.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    delete_prefix(&base_url(), &prefix),
+                )
+                .await;
+            });
+        })
+        .join();
+    }
+}
+
+/// A redis-server of the test's own, on a free port, stopped when dropped.
+pub struct PrivateRedis {
+    pub addr: SocketAddr,
+    child: tokio::process::Child,
+}
+
+impl PrivateRedis {
+    pub async fn start() -> PrivateRedis {
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap().port()
+        };
+        let child = tokio::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server is installed (scripts/test installs it)");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        super::eventually(|| async { tokio::net::TcpStream::connect(addr).await.is_ok() }).await;
+        PrivateRedis { addr, child }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://{}/0", self.addr)
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
