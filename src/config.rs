@@ -29,6 +29,8 @@ pub struct Cli {
     pub serve: Config,
 }
 
+// Parsed once at start-up; boxing the big variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the REST and WebSocket API (the default).
