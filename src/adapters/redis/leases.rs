@@ -31,6 +31,7 @@ pub const SOCKETS_LUA: &str = include_str!("../../../lua/sockets.lua");
 pub struct RedisLeases {
     pool: Pool,
     script: Script,
+    prefix: String,
     /// A hash tag shared by every lease key: `{<prefix>ws}`.
     namespace: String,
     ttl: Duration,
@@ -50,7 +51,8 @@ impl RedisLeases {
         let leases = Arc::new(RedisLeases {
             pool,
             script: Script::from_lua(SOCKETS_LUA),
-            namespace: format!("{{{prefix}ws}}"),
+            prefix: prefix.to_owned(),
+            namespace: namespace(prefix),
             ttl,
             incarnation: Mutex::new(Uuid::new_v4().to_string()),
             local: Mutex::new(HashMap::new()),
@@ -268,10 +270,23 @@ impl SocketLeases for RedisLeases {
     }
 }
 
+/// Drafts with at least one socket on any live replica under `prefix`.
+pub async fn active_rooms(pool: &Pool, prefix: &str) -> Result<u64, Error> {
+    let reply: Value = Script::from_lua(SOCKETS_LUA)
+        .evalsha_with_reload(pool.next(), namespace(prefix), vec!["rooms".to_owned()])
+        .await
+        .map_err(redis_error)?;
+    Ok(int_of(&reply)?.max(0) as u64)
+}
+
+/// The hash tag every lease key of a deployment shares.
+fn namespace(prefix: &str) -> String {
+    format!("{{{prefix}ws}}")
+}
+
 #[async_trait]
 impl Rooms for RedisLeases {
     async fn active_rooms(&self) -> Result<u64, Error> {
-        let rooms = int_of(&self.eval(vec!["rooms".to_owned()]).await?)?;
-        Ok(rooms.max(0) as u64)
+        active_rooms(&self.pool, &self.prefix).await
     }
 }

@@ -1,0 +1,227 @@
+//! The cluster promises, proven with three real replica processes sharing a
+//! Postgres schema and a Redis prefix: every watcher on every replica sees
+//! every event once and in order; socket caps and rate limits hold
+//! cluster-wide, and a SIGKILLed replica stops counting within its lease TTL;
+//! a Redis outage mid-stream loses nothing; a `SCRIPT FLUSH` costs nothing.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use collabd::adapters::redis::leases::active_rooms;
+use collabd::adapters::redis::{pool as redis_pool, RedisSettings};
+use common::cluster::Cluster;
+use common::proxy::Proxy;
+use common::redis::{base_url, PrivateRedis};
+use common::*;
+use fred::interfaces::LuaInterface;
+
+async fn rooms(cluster: &Cluster) -> u64 {
+    let settings = RedisSettings {
+        url: cluster.redis_url.clone(),
+        prefix: cluster.prefix.prefix.clone(),
+        pool_size: 1,
+        timeout: Duration::from_secs(5),
+    };
+    active_rooms(
+        &redis_pool(&settings).await.unwrap(),
+        &cluster.prefix.prefix,
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn watchers_on_every_replica_see_every_event_once_in_order() {
+    let cluster = Arc::new(Cluster::start(3, base_url(), &[]).await);
+    let id = cluster.replica(0).create_draft("alice", "Everywhere").await;
+    let mut watchers = Vec::new();
+    for i in 0..6 {
+        watchers.push(cluster.replica(i).ws("alice", &id, None).await.0);
+    }
+    // Writers on all three replicas at once.
+    let writers: Vec<_> = (0..3)
+        .map(|w| {
+            let (cluster, id) = (cluster.clone(), id.clone());
+            tokio::spawn(async move {
+                for n in 0..20 {
+                    let reply = cluster
+                        .replica(w)
+                        .append("alice", &id, &format!("{w}-{n}"))
+                        .await;
+                    assert_eq!(reply.status, 201, "{}", reply.body);
+                }
+            })
+        })
+        .collect();
+    let expected: Vec<u64> = (1..=60).collect();
+    let seen = futures_util::future::join_all(watchers.iter_mut().map(|w| w.next_seqs(60))).await;
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    for (i, seqs) in seen.into_iter().enumerate() {
+        assert_eq!(seqs, expected, "watcher {i} on replica {}", i % 3);
+    }
+    // Resuming on another replica replays from the shared log.
+    let (mut late, ready) = cluster.replica(2).ws("alice", &id, Some(55)).await;
+    assert_eq!(ready["seq"], 60);
+    assert_eq!(late.next_seqs(5).await, [56, 57, 58, 59, 60]);
+}
+
+#[tokio::test]
+async fn the_socket_cap_holds_cluster_wide_and_a_killed_replica_stops_counting() {
+    let mut cluster = Cluster::start(
+        3,
+        base_url(),
+        &[
+            ("WS_LIMITS_ENABLED", "true"),
+            ("WS_MAX_SOCKETS_PER_USER", "3"),
+            ("WS_LEASE_TTL_SECONDS", "3"),
+        ],
+    )
+    .await;
+    let one = cluster.replica(0).create_draft("alice", "One").await;
+    let two = cluster.replica(0).create_draft("alice", "Two").await;
+    let (_a, _) = cluster.replica(0).ws("alice", &one, None).await;
+    let (_b, _) = cluster.replica(2).ws("alice", &one, None).await;
+    let (_c, _) = cluster.replica(2).ws("alice", &two, None).await;
+    assert_eq!(rooms(&cluster).await, 2);
+    for i in 0..3 {
+        let mut refused = cluster.replica(i).ws_raw("alice", &one, "").await;
+        refused.expect_closed("ws_limit", 1008).await;
+    }
+
+    // Replica 2 dies holding two of alice's sockets; within the lease TTL
+    // they stop counting, and so does the room only it served.
+    cluster.replicas[2].kill().await;
+    let killed = Instant::now();
+    let survivor = &cluster.replicas[0];
+    eventually(|| async {
+        let mut ws = survivor.ws_raw("alice", &one, "").await;
+        ws.next_json().await["type"] == "ready"
+    })
+    .await;
+    assert!(
+        killed.elapsed() < Duration::from_secs(3 + 5),
+        "took {:?}",
+        killed.elapsed()
+    );
+    eventually(|| async { rooms(&cluster).await == 1 }).await;
+}
+
+#[tokio::test]
+async fn the_rate_limit_holds_cluster_wide() {
+    let cluster = Cluster::start(
+        3,
+        base_url(),
+        &[
+            ("RATE_LIMIT_ENABLED", "true"),
+            ("RATE_LIMIT_BURST_DEFAULT", "4"),
+            ("RATE_LIMIT_PER_MINUTE_DEFAULT", "60"),
+        ],
+    )
+    .await;
+    let started = Instant::now();
+    let mut allowed = 0u64;
+    let mut limited = 0u64;
+    for round in 0..15 {
+        let replies = futures_util::future::join_all(
+            (0..3).map(|i| cluster.replica(round + i).get("alice", "/v1/collab/drafts")),
+        )
+        .await;
+        for reply in replies {
+            match reply.status {
+                200 => allowed += 1,
+                429 => limited += 1,
+                other => panic!("unexpected status {other}: {}", reply.body),
+            }
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // burst + 1 at once, then one per second: what a single server admits.
+    let ceiling = 5 + elapsed.ceil() as u64;
+    assert!(allowed >= 5, "allowed only {allowed}");
+    assert!(
+        allowed <= ceiling,
+        "allowed {allowed} > {ceiling} in {elapsed:.2}s"
+    );
+    assert_eq!(allowed + limited, 45);
+}
+
+#[tokio::test]
+async fn a_redis_outage_mid_stream_loses_no_event_and_causes_no_5xx() {
+    let redis = PrivateRedis::start().await;
+    let proxy = Proxy::start(redis.addr).await;
+    let cluster = Arc::new(
+        Cluster::start(
+            3,
+            format!("redis://{}/0", proxy.addr),
+            &[
+                ("RATE_LIMIT_ENABLED", "true"),
+                ("RATE_LIMIT_BURST_DEFAULT", "1000"),
+                ("RATE_LIMIT_BURST_MUTATION", "1000"),
+                ("REDIS_TIMEOUT_MS", "300"),
+            ],
+        )
+        .await,
+    );
+    let id = cluster.replica(0).create_draft("alice", "Outage").await;
+    let mut watchers = Vec::new();
+    for i in 0..3 {
+        watchers.push(cluster.replica(i).ws("alice", &id, None).await.0);
+    }
+    let total = 45u64;
+    for n in 0..total {
+        if n == 15 {
+            proxy.cut();
+        }
+        if n == 30 {
+            proxy.restore();
+        }
+        let reply = cluster
+            .replica(n as usize)
+            .append("alice", &id, &format!("{n}"))
+            .await;
+        assert_eq!(reply.status, 201, "append {n}: {}", reply.body);
+    }
+    // Every watcher, on every replica, ends with every event once, in order.
+    let expected: Vec<u64> = (1..=total).collect();
+    for (i, watcher) in watchers.iter_mut().enumerate() {
+        assert_eq!(
+            watcher.next_seqs(total as usize).await,
+            expected,
+            "watcher on replica {i}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn script_flush_mid_load_causes_no_error() {
+    let redis = PrivateRedis::start().await;
+    let cluster = Cluster::start(
+        2,
+        redis.url(),
+        &[
+            ("RATE_LIMIT_ENABLED", "true"),
+            ("RATE_LIMIT_BURST_DEFAULT", "1000"),
+            ("RATE_LIMIT_BURST_MUTATION", "1000"),
+            ("WS_LIMITS_ENABLED", "true"),
+        ],
+    )
+    .await;
+    let id = cluster.replica(0).create_draft("alice", "Flush").await;
+    let admin = common::redis::client(&redis.url()).await;
+    for n in 0..30 {
+        if n % 10 == 5 {
+            admin.script_flush(false).await.unwrap();
+        }
+        let replica = cluster.replica(n);
+        assert_eq!(replica.append("alice", &id, "x").await.status, 201);
+        assert_eq!(replica.get("alice", "/v1/collab/drafts").await.status, 200);
+        if n % 10 == 6 {
+            let (ws, _) = replica.ws("alice", &id, None).await;
+            ws.close().await;
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! Several real replica processes (the built binary) on their own ports,
+//! sharing one Postgres schema and one Redis key prefix: the topology of a
+//! cluster behind a load balancer, on loopback.
+
+use std::process::Stdio;
+use std::sync::Arc;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+use super::pg::TestDb;
+use super::redis::TestPrefix;
+use super::{within, Api};
+
+pub const SECRET: &str = "cluster-test-secret";
+
+pub struct Replica {
+    pub api: Api,
+    child: Child,
+}
+
+impl Replica {
+    /// SIGKILL: no drain, no goodbye, leases left to lapse.
+    pub async fn kill(&mut self) {
+        self.child.start_kill().unwrap();
+        let _ = self.child.wait().await;
+    }
+}
+
+impl std::ops::Deref for Replica {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+pub struct Cluster {
+    pub db: Arc<TestDb>,
+    pub prefix: TestPrefix,
+    pub redis_url: String,
+    pub replicas: Vec<Replica>,
+    env: Vec<(String, String)>,
+}
+
+impl Cluster {
+    /// Starts `n` replicas with these extra settings, on Redis at `redis_url`.
+    pub async fn start(n: usize, redis_url: String, env: &[(&str, &str)]) -> Cluster {
+        let mut cluster = Cluster {
+            db: TestDb::create().await,
+            prefix: TestPrefix::new(),
+            redis_url,
+            replicas: Vec::new(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        for _ in 0..n {
+            let replica = cluster.spawn_replica().await;
+            cluster.replicas.push(replica);
+        }
+        cluster
+    }
+
+    pub async fn spawn_replica(&self) -> Replica {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_collabd"));
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("DATABASE_URL", self.db.url())
+            .env("REDIS_URL", &self.redis_url)
+            .env("REDIS_KEY_PREFIX", &self.prefix.prefix)
+            .env("AUTH_JWT_SECRET", SECRET)
+            .env("HOST", "127.0.0.1")
+            .env("PORT", "0")
+            .env("LOG_FORMAT", "json")
+            .env("LOG_LEVEL", "info")
+            .env("SHUTDOWN_TIMEOUT_SECONDS", "2")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("start a replica");
+        let (tx, mut lines) = mpsc::unbounded_channel::<String>();
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        for reader in [
+            Box::new(stdout) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+            Box::new(stderr),
+        ] {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(reader).lines();
+                while let Ok(Some(line)) = reader.next_line().await {
+                    if std::env::var_os("TEST_LOG").is_some() {
+                        eprintln!("[replica] {line}");
+                    }
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        let mut seen = Vec::new();
+        let addr = within(async {
+            while let Some(line) = lines.recv().await {
+                if line.contains("collabd listening") {
+                    let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+                    return value["addr"].as_str().unwrap().parse().unwrap();
+                }
+                seen.push(line);
+            }
+            panic!("replica exited before listening: {seen:#?}");
+        })
+        .await;
+        // Keep draining so the replica never blocks on a full pipe.
+        tokio::spawn(async move { while lines.recv().await.is_some() {} });
+        Replica {
+            api: Api::new(addr, SECRET),
+            child,
+        }
+    }
+
+    pub fn replica(&self, i: usize) -> &Replica {
+        &self.replicas[i % self.replicas.len()]
+    }
+}
