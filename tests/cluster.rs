@@ -15,7 +15,7 @@ use common::cluster::Cluster;
 use common::proxy::Proxy;
 use common::redis::{base_url, PrivateRedis};
 use common::*;
-use fred::interfaces::LuaInterface;
+use fred::interfaces::{HashesInterface, LuaInterface, SortedSetsInterface};
 
 async fn rooms(cluster: &Cluster) -> u64 {
     let settings = RedisSettings {
@@ -108,6 +108,74 @@ async fn the_socket_cap_holds_cluster_wide_and_a_killed_replica_stops_counting()
         killed.elapsed()
     );
     eventually(|| async { rooms(&cluster).await == 1 }).await;
+}
+
+/// (live incarnations, sockets recorded under them) in Redis.
+async fn lease_records(cluster: &Cluster) -> (i64, i64) {
+    let redis = common::redis::client(&cluster.redis_url).await;
+    let base = format!("{{{}ws}}", cluster.prefix.prefix);
+    let incarnations: Vec<String> = redis
+        .zrange(
+            format!("{base}:incarnations"),
+            0,
+            -1,
+            None,
+            false,
+            None,
+            false,
+        )
+        .await
+        .unwrap();
+    let mut sockets = 0;
+    for inc in &incarnations {
+        let n: i64 = redis
+            .hlen(format!("{base}:inc:{inc}:sockets"))
+            .await
+            .unwrap();
+        sockets += n;
+    }
+    (incarnations.len() as i64, sockets)
+}
+
+#[tokio::test]
+async fn a_replica_whose_lease_lapsed_comes_back_without_stale_counts() {
+    let cluster = Cluster::start(
+        2,
+        base_url(),
+        &[
+            ("WS_LIMITS_ENABLED", "true"),
+            ("WS_MAX_SOCKETS_PER_USER", "2"),
+            ("WS_LEASE_TTL_SECONDS", "2"),
+        ],
+    )
+    .await;
+    let id = cluster.replica(0).create_draft("alice", "Paused").await;
+    let (_a, _) = cluster.replicas[1].ws("alice", &id, None).await;
+    let (b, _) = cluster.replicas[1].ws("alice", &id, None).await;
+    let mut refused = cluster.replicas[0].ws_raw("alice", &id, "").await;
+    refused.expect_closed("ws_limit", 1008).await;
+
+    // Frozen, replica 1 cannot renew: its two sockets stop counting.
+    cluster.replicas[1].pause();
+    let (_c, _) = within(async {
+        loop {
+            let mut ws = cluster.replicas[0].ws_raw("alice", &id, "").await;
+            let first = ws.next_json().await;
+            if first["type"] == "ready" {
+                return (ws, first);
+            }
+        }
+    })
+    .await;
+    // One socket closes while its replica is frozen.
+    b.close().await;
+    cluster.replicas[1].resume();
+
+    // Back, it registers a new incarnation with the one socket it still
+    // holds: the old incarnation and the closed socket never count again.
+    eventually(|| async { lease_records(&cluster).await == (2, 2) }).await;
+    let mut over = cluster.replicas[0].ws_raw("alice", &id, "").await;
+    over.expect_closed("ws_limit", 1008).await;
 }
 
 #[tokio::test]

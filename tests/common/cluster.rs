@@ -21,6 +21,24 @@ pub struct Replica {
 }
 
 impl Replica {
+    fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("replica is running").to_string();
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// SIGSTOP: the process freezes, its sockets stay open, its lease lapses.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
     /// SIGKILL: no drain, no goodbye, leases left to lapse.
     pub async fn kill(&mut self) {
         self.child.start_kill().unwrap();
