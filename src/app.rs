@@ -9,6 +9,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::FromRef;
 use tokio::net::TcpListener;
@@ -29,6 +30,7 @@ use crate::limits::fallback::{FallbackLimiter, ReplicaCount};
 use crate::limits::http::Policies;
 use crate::ports::{AuditSink, Fanout, RateLimiter, Rooms, SocketCaps, SocketLeases, Store};
 use crate::realtime::hub::{Hub, RoomRegistry};
+use crate::telemetry::Metrics;
 
 /// The adapters behind every port.
 pub struct Backends {
@@ -40,6 +42,12 @@ pub struct Backends {
     pub audit: Arc<dyn AuditSink>,
     /// Where the fanout delivers; the hub serves the same rooms.
     pub registry: RoomRegistry,
+    pub metrics: Metrics,
+    /// Set in the modes that have them, for pool gauges and health.
+    pub pg_pool: Option<deadpool_postgres::Pool>,
+    pub redis_pool: Option<fred::clients::Pool>,
+    /// Names this replica in leader elections (the state-gauge poller).
+    pub replica_id: String,
     /// Said once in the start-up log.
     pub mode: &'static str,
 }
@@ -58,6 +66,10 @@ impl Backends {
             rooms: leases,
             audit,
             registry,
+            metrics: Metrics::new(),
+            pg_pool: None,
+            redis_pool: None,
+            replica_id: uuid::Uuid::new_v4().to_string(),
             mode: "standalone",
         }
     }
@@ -70,8 +82,10 @@ impl Backends {
         tracing::info!(applied = ?applied, "database schema is current");
         let timeout = config.database_query_timeout();
         let mut backends = Backends::memory(Arc::new(MemoryAudit::new()));
-        backends.store = Arc::new(PostgresStore::new(pool.clone(), timeout));
-        backends.audit = Arc::new(PostgresAudit::new(pool, timeout));
+        let metrics = backends.metrics.clone();
+        backends.store = Arc::new(PostgresStore::new(pool.clone(), timeout, metrics.clone()));
+        backends.audit = Arc::new(PostgresAudit::new(pool.clone(), timeout, metrics));
+        backends.pg_pool = Some(pool);
         backends.mode = "postgres";
         Ok(backends)
     }
@@ -85,19 +99,29 @@ impl Backends {
     ) -> Result<Self, StartError> {
         let mut backends = Backends::postgres(config, database).await?;
         let pool = redis::pool(settings).await?;
-        let fanout = RedisFanout::start(settings, pool.clone(), backends.registry.clone()).await?;
+        let metrics = backends.metrics.clone();
+        let fanout = RedisFanout::start(
+            settings,
+            pool.clone(),
+            backends.registry.clone(),
+            metrics.clone(),
+        )
+        .await?;
         let ttl = std::time::Duration::from_secs(config.ws_lease_ttl_seconds);
-        let leases = RedisLeases::start(pool.clone(), &settings.prefix, ttl).await?;
+        let leases =
+            RedisLeases::start(pool.clone(), &settings.prefix, ttl, metrics.clone()).await?;
         let replicas: ReplicaCount = {
             let leases = leases.clone();
             Arc::new(move || leases.replicas())
         };
-        let limiter = RedisRateLimiter::new(pool, &settings.prefix);
+        let limiter = RedisRateLimiter::new(pool.clone(), &settings.prefix, metrics.clone());
         backends.limiter = Arc::new(FallbackLimiter::new(
             Arc::new(limiter),
             config.rate_limit_fail_mode,
             replicas,
+            metrics,
         ));
+        backends.redis_pool = Some(pool);
         backends.fanout = Arc::new(fanout);
         backends.leases = leases.clone();
         backends.rooms = leases;
@@ -137,6 +161,11 @@ pub struct AppState {
     pub policies: Arc<Policies>,
     pub leases: Arc<dyn SocketLeases>,
     pub rooms: Arc<dyn Rooms>,
+    pub audit: Arc<dyn AuditSink>,
+    pub metrics: Metrics,
+    pub pg_pool: Option<deadpool_postgres::Pool>,
+    pub redis_pool: Option<fred::clients::Pool>,
+    pub replica_id: Arc<str>,
     pub socket_caps: SocketCaps,
     /// Cancelled when draining starts; sockets watch it.
     pub shutdown: CancellationToken,
@@ -170,10 +199,12 @@ fn socket_caps(config: &Config) -> SocketCaps {
 
 impl AppState {
     pub fn new(config: Config, backends: Backends) -> Self {
+        let metrics = backends.metrics.clone();
         let auditor = Auditor::new(
-            backends.audit,
+            backends.audit.clone(),
             config.audit_enabled,
             config.audit_sample_rate,
+            metrics.clone(),
         );
         let caps = CollabCaps {
             max_collaborators: config.max_collaborators_per_draft,
@@ -184,8 +215,14 @@ impl AppState {
             backends.fanout.clone(),
             auditor,
             caps,
+            metrics.clone(),
         );
-        let hub = Hub::new(backends.registry, backends.store, backends.fanout);
+        let hub = Hub::new(
+            backends.registry,
+            backends.store,
+            backends.fanout,
+            metrics.clone(),
+        );
         AppState {
             auth: Authenticator::new(&config.auth_jwt_secret),
             policies: Arc::new(Policies::from_config(&config)),
@@ -196,22 +233,102 @@ impl AppState {
             limiter: backends.limiter,
             leases: backends.leases,
             rooms: backends.rooms,
+            audit: backends.audit,
+            metrics,
+            pg_pool: backends.pg_pool,
+            redis_pool: backends.redis_pool,
+            replica_id: Arc::from(backends.replica_id),
             shutdown: CancellationToken::new(),
             sockets: TaskTracker::new(),
         }
     }
+
+    /// Readiness: not draining and the store answers. Mirrors the result
+    /// into `health_status{component="store"}`.
+    pub async fn ready(&self) -> Result<(), crate::error::Error> {
+        if self.shutdown.is_cancelled() {
+            return Err(crate::error::Error::Unavailable("draining".into()));
+        }
+        let store = self.collab.store().ping().await;
+        self.metrics.health("store", store.is_ok());
+        store
+    }
+
+    /// Brings the scrape-time figures up to date: process, pools, backend
+    /// health, active rooms. Each check is bounded so a dead backend cannot
+    /// stall a scrape.
+    pub async fn collect_metrics(&self) {
+        const CHECK: Duration = Duration::from_secs(1);
+        self.metrics.process();
+        self.metrics.run_upkeep();
+        let store = tokio::time::timeout(CHECK, self.collab.store().ping()).await;
+        self.metrics.health("store", matches!(store, Ok(Ok(()))));
+        if let Some(pool) = &self.pg_pool {
+            postgres::sample_pool(pool, &self.metrics);
+        }
+        if let Some(pool) = &self.redis_pool {
+            let ping = tokio::time::timeout(CHECK, redis::ping(pool)).await;
+            self.metrics.health("redis", matches!(ping, Ok(Ok(()))));
+        }
+        if let Ok(Ok(rooms)) = tokio::time::timeout(CHECK, self.rooms.active_rooms()).await {
+            self.metrics.active_rooms(rooms);
+        }
+    }
+
+    /// One round of the state gauges: the replica holding the poller lease
+    /// reports the store's totals; the others report zeros, so a fleet sum
+    /// counts them once.
+    pub async fn poll_state(&self) {
+        let every = Duration::from_secs(self.config.state_metrics_interval_seconds);
+        let leader = match &self.redis_pool {
+            None => true,
+            Some(pool) => redis::leases::lead(
+                pool,
+                &self.config.redis_key_prefix,
+                "state-gauges",
+                &self.replica_id,
+                every * 2,
+            )
+            .await
+            .unwrap_or(false),
+        };
+        if !leader {
+            self.metrics.state(0, 0, 0);
+            return;
+        }
+        match (self.collab.store().counts().await, self.audit.count().await) {
+            (Ok(counts), Ok(rows)) => self.metrics.state(counts.drafts, counts.segments, rows),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error.message = %e, "state gauges not refreshed")
+            }
+        }
+    }
 }
 
-/// Serves until `shutdown` resolves, then drains and returns.
+/// Serves the public API on `public` and, when given, /metrics and the
+/// probes on `management`, until `shutdown` resolves; then drains and returns.
 pub async fn run(
-    listener: TcpListener,
+    public: TcpListener,
+    management: Option<TcpListener>,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let drain = state.shutdown.clone();
     let sockets = state.sockets.clone();
     let grace = state.config.shutdown_timeout();
-    let delay = std::time::Duration::from_secs(state.config.shutdown_drain_delay_seconds);
+    let delay = Duration::from_secs(state.config.shutdown_drain_delay_seconds);
+    let background = spawn_background(&state);
+    if let Some(listener) = management {
+        let app = crate::http::management::router(state.clone());
+        let stop = drain.clone();
+        tokio::spawn(async move {
+            let server = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await });
+            if let Err(e) = server.await {
+                tracing::error!(error.message = %e, "management listener failed");
+            }
+        });
+    }
     let app = crate::http::router(state).into_make_service_with_connect_info::<SocketAddr>();
     let signal = {
         let drain = drain.clone();
@@ -226,13 +343,17 @@ pub async fn run(
             tokio::time::sleep(delay).await;
         }
     };
-    let server = axum::serve(listener, app).with_graceful_shutdown(signal);
+    let server = axum::serve(public, app).with_graceful_shutdown(signal);
     let mut server = tokio::spawn(async move { server.await });
     tokio::select! {
         _ = drain.cancelled() => {}
         // The server stopped by itself (an accept error): nothing to drain.
-        ended = &mut server => return ended.unwrap_or_else(|join| Err(std::io::Error::other(join))),
+        ended = &mut server => {
+            background.cancel();
+            return ended.unwrap_or_else(|join| Err(std::io::Error::other(join)));
+        }
     }
+    background.cancel();
     sockets.close();
     if tokio::time::timeout(grace, sockets.wait()).await.is_err() {
         tracing::warn!("sockets still open after the shutdown timeout; dropping them");
@@ -247,11 +368,30 @@ pub async fn run(
     }
 }
 
+/// Periodic work: the state-gauge poller. Stopped by the returned token.
+fn spawn_background(state: &AppState) -> CancellationToken {
+    let stop = CancellationToken::new();
+    let every = Duration::from_secs(state.config.state_metrics_interval_seconds);
+    let (state, token) = (state.clone(), stop.clone());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tick.tick() => state.poll_state().await,
+            }
+        }
+    });
+    stop
+}
+
 /// `collabd serve`: logs, adapters, listener, run until SIGTERM or Ctrl-C.
 pub async fn serve(config: Config) -> Result<(), StartError> {
     let backends = Backends::from_config(&config).await?;
     let addr = SocketAddr::new(config.host, config.port);
     let listener = TcpListener::bind(addr).await?;
+    let management = TcpListener::bind(config.metrics_addr).await?;
     let what = match backends.mode {
         "standalone" => "state, fanout and limits in this process",
         "postgres" => "drafts, events and audit in Postgres; fanout and limits in this process",
@@ -260,6 +400,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     tracing::info!(
         mode = backends.mode,
         addr = %listener.local_addr()?,
+        metrics_addr = %management.local_addr()?,
         app_env = ?config.app_env,
         rate_limit_enabled = config.rate_limit_enabled,
         ws_limits_enabled = config.ws_limits_enabled,
@@ -268,7 +409,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         backends.mode
     );
     let state = AppState::new(config, backends);
-    Ok(run(listener, state, shutdown_signal()).await?)
+    Ok(run(listener, Some(management), state, shutdown_signal()).await?)
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use crate::collab::model::{now, Actor};
 use crate::ports::AuditSink;
+use crate::telemetry::Metrics;
 
 /// The longest string kept in audit metadata.
 pub const MAX_META_STRING_CHARS: usize = 256;
@@ -61,15 +62,22 @@ pub struct Auditor {
     sample_rate: f64,
     /// Rows that could not be written, so a failure is never silent.
     failures: Arc<AtomicU64>,
+    metrics: Metrics,
 }
 
 impl Auditor {
-    pub fn new(sink: Arc<dyn AuditSink>, enabled: bool, sample_rate: f64) -> Self {
+    pub fn new(
+        sink: Arc<dyn AuditSink>,
+        enabled: bool,
+        sample_rate: f64,
+        metrics: Metrics,
+    ) -> Self {
         Auditor {
             sink,
             enabled,
             sample_rate,
             failures: Arc::new(AtomicU64::new(0)),
+            metrics,
         }
     }
 
@@ -109,6 +117,7 @@ impl Auditor {
         };
         if let Err(e) = self.sink.record(&record).await {
             self.failures.fetch_add(1, Ordering::Relaxed);
+            self.metrics.audit_failed();
             tracing::error!(
                 error_code = e.code(),
                 error.message = %e,

@@ -204,6 +204,17 @@ pub struct Config {
     )]
     pub rate_limit_fail_mode: FailMode,
 
+    /// Management listener: /metrics, /healthz, /readyz. Never the public port.
+    #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:9090")]
+    pub metrics_addr: std::net::SocketAddr,
+    /// When set, /metrics requires `Authorization: Bearer <this>`.
+    #[arg(long, env = "METRICS_AUTH_TOKEN", hide_env_values = true)]
+    pub metrics_auth_token: Option<String>,
+    /// How often the state gauges (drafts, segments, audit rows) are polled,
+    /// by one replica at a time.
+    #[arg(long, env = "STATE_METRICS_INTERVAL_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub state_metrics_interval_seconds: u64,
+
     /// On SIGTERM: how long open sockets and requests get to finish.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 10)]
     pub shutdown_timeout_seconds: u64,

@@ -44,6 +44,15 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Outcome, Error>;
     /// Readiness: is the backend reachable?
     async fn ping(&self) -> Result<(), Error>;
+    /// Totals for the state gauges.
+    async fn counts(&self) -> Result<StoreCounts, Error>;
+}
+
+/// What the store holds, for the state gauges.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreCounts {
+    pub drafts: u64,
+    pub segments: u64,
 }
 
 /// Carries committed events to every replica's rooms. Adapters deliver what
@@ -128,4 +137,6 @@ pub trait Rooms: Send + Sync + 'static {
 #[async_trait]
 pub trait AuditSink: Send + Sync + 'static {
     async fn record(&self, record: &AuditRecord) -> Result<(), Error>;
+    /// Rows held (an estimate where counting exactly would be costly).
+    async fn count(&self) -> Result<u64, Error>;
 }

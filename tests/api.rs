@@ -624,6 +624,9 @@ impl Store for BrokenStore {
     async fn ping(&self) -> Result<(), Error> {
         Err(self.fail())
     }
+    async fn counts(&self) -> Result<collabd::ports::StoreCounts, Error> {
+        Err(self.fail())
+    }
 }
 
 #[tokio::test]

@@ -91,6 +91,7 @@ impl Server {
         let mut cmd = collabd();
         cmd.envs(envs.iter().copied())
             .env("PORT", "0")
+            .env("METRICS_ADDR", "127.0.0.1:0")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap();
@@ -250,7 +251,12 @@ fn the_env_example_as_written_starts_a_server() {
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    // The listeners move to free ports: tests run side by side.
+    let vars: Vec<(&str, &str)> = vars
+        .iter()
+        .filter(|(k, _)| k != "PORT" && k != "METRICS_ADDR")
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let mut server = Server::start(&vars);
     server.wait_for(|l| l.contains("collabd listening"));
     assert!(server.terminate().success());

@@ -18,7 +18,11 @@ async fn the_lua_script_and_the_rust_gcra_agree() {
         pool_size: 1,
         timeout: std::time::Duration::from_secs(5),
     };
-    let limiter = RedisRateLimiter::new(redis_pool(&settings).await.unwrap(), &prefix.prefix);
+    let limiter = RedisRateLimiter::new(
+        redis_pool(&settings).await.unwrap(),
+        &prefix.prefix,
+        collabd::telemetry::Metrics::new(),
+    );
     let redis = client(&base_url()).await;
     let mut rng = fastrand::Rng::with_seed(0x5eed);
     let mut compared = 0;
@@ -87,7 +91,11 @@ async fn the_lua_script_matches_the_worked_example_on_redis_time() {
         pool_size: 1,
         timeout: std::time::Duration::from_secs(5),
     };
-    let limiter = RedisRateLimiter::new(redis_pool(&settings).await.unwrap(), &prefix.prefix);
+    let limiter = RedisRateLimiter::new(
+        redis_pool(&settings).await.unwrap(),
+        &prefix.prefix,
+        collabd::telemetry::Metrics::new(),
+    );
     let policy = RatePolicy {
         name: "t",
         max_burst: 15,

@@ -215,6 +215,7 @@ async fn a_schema_newer_than_the_binary_is_refused() {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_collabd"))
         .env("DATABASE_URL", db.url())
         .env("PORT", "0")
+        .env("METRICS_ADDR", "127.0.0.1:0")
         .output()
         .await
         .unwrap();

@@ -14,6 +14,7 @@ use super::validate::{self, Page};
 use crate::audit::{AuditAction, Auditor};
 use crate::error::Error;
 use crate::ports::{Fanout, Store};
+use crate::telemetry::Metrics;
 
 /// Hard and soft caps from configuration.
 #[derive(Clone, Copy, Debug, Default)]
@@ -38,6 +39,7 @@ pub struct CollabService {
     fanout: Arc<dyn Fanout>,
     auditor: Auditor,
     caps: CollabCaps,
+    metrics: Metrics,
 }
 
 impl CollabService {
@@ -46,12 +48,14 @@ impl CollabService {
         fanout: Arc<dyn Fanout>,
         auditor: Auditor,
         caps: CollabCaps,
+        metrics: Metrics,
     ) -> Self {
         CollabService {
             store,
             fanout,
             auditor,
             caps,
+            metrics,
         }
     }
 
@@ -81,6 +85,7 @@ impl CollabService {
             updated_at: ts,
         };
         self.store.create_draft(&draft).await?;
+        self.metrics.mutation("create_draft");
         tracing::info!(draft_id = %draft.id, "draft created");
         self.auditor
             .record(
@@ -158,7 +163,9 @@ impl CollabService {
                 segment_count,
                 ..
             } => {
+                self.metrics.mutation("append_segment");
                 if let Some(cap) = self.caps.max_segments.filter(|cap| segment_count > *cap) {
+                    self.metrics.soft_cap_exceeded("max_segments_per_draft");
                     tracing::warn!(
                         cap = "max_segments_per_draft",
                         limit = cap,
@@ -208,6 +215,7 @@ impl CollabService {
         };
         let draft = self.settle(outcome).await?;
         if let Some(from) = from {
+            self.metrics.mutation("pass_ring");
             self.auditor
                 .record(
                     actor,
@@ -240,6 +248,7 @@ impl CollabService {
         let changed = matches!(outcome, Outcome::Applied { .. });
         let draft = self.settle(outcome).await?;
         if changed {
+            self.metrics.mutation("add_collaborator");
             self.auditor
                 .record(
                     actor,

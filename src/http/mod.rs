@@ -3,6 +3,7 @@
 //! (request id and span, access log, rate limit, body limit).
 
 pub mod extract;
+pub mod management;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Instant;
@@ -75,16 +76,15 @@ async fn method_not_allowed() -> Error {
 }
 
 /// Liveness: the process answers.
-async fn healthz() -> Json<serde_json::Value> {
+pub(crate) async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
 /// Readiness: not draining, and the store answers.
-async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, Error> {
-    if state.shutdown.is_cancelled() {
-        return Err(Error::Unavailable("draining".into()));
-    }
-    state.collab.store().ping().await?;
+pub(crate) async fn readyz(
+    State(state): State<AppState>,
+) -> Result<Json<serde_json::Value>, Error> {
+    state.ready().await?;
     Ok(Json(serde_json::json!({ "status": "ready" })))
 }
 
@@ -124,6 +124,8 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
         .map(|ua| ua.chars().take(256).collect());
     req.extensions_mut().insert(ClientInfo { ip, user_agent });
     let method = req.method().clone();
+    let in_flight = state.metrics.http_in_flight().clone();
+    in_flight.increment(1.0);
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -143,7 +145,14 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
+    in_flight.decrement(1.0);
     let status = response.status().as_u16();
+    state.metrics.http_request(
+        method.as_str(),
+        &route,
+        status,
+        started.elapsed().as_secs_f64(),
+    );
     let error_code = response.extensions().get::<ErrorCode>().map(|c| c.0);
     let latency_us = started.elapsed().as_micros() as u64;
     span.in_scope(|| {

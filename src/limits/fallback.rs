@@ -12,6 +12,7 @@ use super::gcra::{RatePolicy, ThrottleReply};
 use crate::adapters::memory::MemoryRateLimiter;
 use crate::error::Error;
 use crate::ports::RateLimiter;
+use crate::telemetry::Metrics;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum FailMode {
@@ -30,16 +31,23 @@ pub struct FallbackLimiter {
     replicas: ReplicaCount,
     /// Set while the primary fails, so the outage is logged once.
     failing: AtomicBool,
+    metrics: Metrics,
 }
 
 impl FallbackLimiter {
-    pub fn new(primary: Arc<dyn RateLimiter>, mode: FailMode, replicas: ReplicaCount) -> Self {
+    pub fn new(
+        primary: Arc<dyn RateLimiter>,
+        mode: FailMode,
+        replicas: ReplicaCount,
+        metrics: Metrics,
+    ) -> Self {
         FallbackLimiter {
             primary,
             local: MemoryRateLimiter::new(),
             mode,
             replicas,
             failing: AtomicBool::new(false),
+            metrics,
         }
     }
 }
@@ -75,6 +83,11 @@ impl RateLimiter for FallbackLimiter {
                 if !self.failing.swap(true, Ordering::Relaxed) {
                     tracing::warn!(error.message = %e, fail_mode = ?self.mode, "rate limiter backend failed; applying RATE_LIMIT_FAIL_MODE");
                 }
+                self.metrics.rate_limit_fallback(match self.mode {
+                    FailMode::Local => "local",
+                    FailMode::Open => "open",
+                    FailMode::Closed => "closed",
+                });
                 match self.mode {
                     FailMode::Local => {
                         let share = share_of(policy, (self.replicas)());
@@ -134,16 +147,26 @@ mod tests {
     #[tokio::test]
     async fn each_mode_does_what_it_says() {
         let three: ReplicaCount = Arc::new(|| 3);
-        let local = FallbackLimiter::new(Arc::new(Down), FailMode::Local, three.clone());
+        let local = FallbackLimiter::new(
+            Arc::new(Down),
+            FailMode::Local,
+            three.clone(),
+            Metrics::new(),
+        );
         // Share of burst 5 over 3 replicas: 2 at once, then limited.
         assert!(!local.throttle("k", &policy(), 1).await.unwrap().limited);
         assert!(!local.throttle("k", &policy(), 1).await.unwrap().limited);
         assert!(local.throttle("k", &policy(), 1).await.unwrap().limited);
-        let open = FallbackLimiter::new(Arc::new(Down), FailMode::Open, three.clone());
+        let open = FallbackLimiter::new(
+            Arc::new(Down),
+            FailMode::Open,
+            three.clone(),
+            Metrics::new(),
+        );
         for _ in 0..20 {
             assert!(!open.throttle("k", &policy(), 1).await.unwrap().limited);
         }
-        let closed = FallbackLimiter::new(Arc::new(Down), FailMode::Closed, three);
+        let closed = FallbackLimiter::new(Arc::new(Down), FailMode::Closed, three, Metrics::new());
         assert_eq!(
             closed.throttle("k", &policy(), 1).await.unwrap_err().code(),
             "unavailable"

@@ -87,6 +87,7 @@ pub async fn rate_limit(State(state): State<AppState>, mut req: Request, next: N
     match state.limiter.throttle(&key, &policy, 1).await {
         Ok(reply) if reply.limited => {
             tracing::info!(scope = policy.name, "rate limited");
+            state.metrics.rate_limited(policy.name);
             let retry = reply.retry_after_secs().max(1) as u64;
             let mut response = Error::RateLimited(retry).into_response();
             set_headers(response.headers_mut(), &policy, &reply);

@@ -26,6 +26,7 @@ use crate::collab::model::{Event, EventType};
 use crate::collab::validate::{Page, MAX_PAGE_LIMIT};
 use crate::error::Error;
 use crate::ports::{Fanout, Store};
+use crate::telemetry::Metrics;
 
 /// Room queue length. Past it, events are dropped and refetched from the store.
 const ROOM_QUEUE: usize = 1024;
@@ -127,14 +128,21 @@ pub struct Hub {
     registry: RoomRegistry,
     store: Arc<dyn Store>,
     fanout: Arc<dyn Fanout>,
+    metrics: Metrics,
 }
 
 impl Hub {
-    pub fn new(registry: RoomRegistry, store: Arc<dyn Store>, fanout: Arc<dyn Fanout>) -> Self {
+    pub fn new(
+        registry: RoomRegistry,
+        store: Arc<dyn Store>,
+        fanout: Arc<dyn Fanout>,
+        metrics: Metrics,
+    ) -> Self {
         Hub {
             registry,
             store,
             fanout,
+            metrics,
         }
     }
 
@@ -203,6 +211,7 @@ impl Hub {
             fanout: self.fanout.clone(),
             lagged: lagged.clone(),
             retry_gap: false,
+            metrics: self.metrics.clone(),
         };
         let span = tracing::info_span!("room", draft_id = %draft_id);
         tokio::spawn(room.run(rx).instrument(span));
@@ -226,6 +235,7 @@ struct Room {
     lagged: Arc<AtomicBool>,
     /// A store read failed while filling a gap; try again after `GAP_RETRY`.
     retry_gap: bool,
+    metrics: Metrics,
 }
 
 impl Room {
@@ -364,14 +374,18 @@ impl Room {
                 return;
             }
         };
-        self.members
-            .retain(|_, member| match member.tx.try_send(frame.clone()) {
+        let metrics = &self.metrics;
+        self.members.retain(|_, member| {
+            metrics.ws_queue_depth(member.tx.max_capacity() - member.tx.capacity());
+            match member.tx.try_send(frame.clone()) {
                 Ok(()) => true,
                 Err(mpsc::error::TrySendError::Full(_)) => {
+                    metrics.ws_dropped();
                     member.kick.cancel();
                     false
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
-            });
+            }
+        });
     }
 }

@@ -145,6 +145,18 @@ enum Ending {
 }
 
 impl Ending {
+    /// The `reason` label of `ws_disconnects_total`.
+    fn reason(self) -> &'static str {
+        match self {
+            Ending::ClientGone => "normal",
+            Ending::Shutdown => "shutdown",
+            Ending::SlowConsumer => "slow_consumer",
+            Ending::Limit => "limit",
+            Ending::TooLarge | Ending::BadMessage | Ending::Forbidden => "policy",
+            Ending::Unavailable => "error",
+        }
+    }
+
     /// (code, message, close code), or `None` when there is no one to tell.
     fn notice(self) -> Option<(&'static str, &'static str, u16)> {
         Some(match self {
@@ -196,6 +208,8 @@ struct Session {
 impl Session {
     async fn run(self, mut socket: WebSocket) {
         let started = Instant::now();
+        let metrics = self.state.metrics.clone();
+        metrics.ws_opened();
         let ending = self.admit_and_serve(&mut socket).await;
         match ending {
             Ending::SlowConsumer => tracing::warn!(reason = "slow_consumer", "socket closed"),
@@ -206,7 +220,10 @@ impl Session {
             duration_ms = started.elapsed().as_millis() as u64,
             "session ended"
         );
-        close(&mut socket, ending).await;
+        if close(&mut socket, ending).await {
+            metrics.ws_sent("error");
+        }
+        metrics.ws_closed(ending.reason(), started.elapsed().as_secs_f64());
     }
 
     async fn admit_and_serve(&self, socket: &mut WebSocket) -> Ending {
@@ -227,6 +244,7 @@ impl Session {
             Ok(Admission::Admitted) => {}
             Ok(Admission::Refused(scope)) => {
                 tracing::info!(scope = scope.as_str(), "socket refused by cap");
+                self.state.metrics.ws_limit_rejected(scope.as_str());
                 return Ending::Limit;
             }
             Err(e) => {
@@ -286,6 +304,8 @@ impl Session {
         {
             return ending;
         }
+        let metrics = &self.state.metrics;
+        metrics.ws_sent("ready");
         tracing::info!(seq = head, since = self.since, "socket joined");
         let mut last_sent = self.since.unwrap_or(head);
         if let Err(ending) = self.replay(socket, &mut last_sent, head, signals).await {
@@ -315,6 +335,7 @@ impl Session {
                         return ending;
                     }
                     tracing::debug!(event_type = frame.event_type.as_str(), seq = frame.seq, "event sent");
+                    metrics.ws_sent(frame.event_type.as_str());
                     last_sent = frame.seq;
                 }
                 inbound = socket.recv() => {
@@ -322,6 +343,7 @@ impl Session {
                         None | Some(Ok(Message::Close(_))) => return Ending::ClientGone,
                         Some(Err(e)) => return classify(e),
                         Some(Ok(Message::Text(text))) => {
+                            metrics.ws_received();
                             if text.len() > max {
                                 return Ending::TooLarge;
                             }
@@ -331,11 +353,13 @@ impl Session {
                                     if let Err(ending) = signals.send(socket, pong).await {
                                         return ending;
                                     }
+                                    metrics.ws_sent("pong");
                                 }
                                 Err(_) => return Ending::BadMessage,
                             }
                         }
                         Some(Ok(Message::Binary(bytes))) => {
+                            metrics.ws_received();
                             return if bytes.len() > max { Ending::TooLarge } else { Ending::BadMessage };
                         }
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
@@ -379,6 +403,7 @@ impl Session {
             for event in events.iter().take_while(|e| e.seq <= until) {
                 let frame = Frame::new(event).map_err(|_| Ending::Unavailable)?;
                 signals.send(socket, Message::Text(frame.text)).await?;
+                self.state.metrics.ws_sent(event.event_type.as_str());
                 *last_sent = event.seq;
             }
         }
@@ -417,11 +442,12 @@ impl Signals {
 }
 
 /// Tells the client why (error frame, then close frame) and completes the
-/// closing handshake, all within `CLOSE_TIMEOUT`.
-async fn close(socket: &mut WebSocket, ending: Ending) {
+/// closing handshake, all within `CLOSE_TIMEOUT`. True when an error frame
+/// was sent.
+async fn close(socket: &mut WebSocket, ending: Ending) -> bool {
     let Some((code, message, close_code)) = ending.notice() else {
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.close()).await;
-        return;
+        return false;
     };
     let goodbye = async {
         let frame = json!({ "type": "error", "code": code, "message": message });
@@ -441,5 +467,8 @@ async fn close(socket: &mut WebSocket, ending: Ending) {
         }
         Ok::<_, axum::Error>(())
     };
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await;
+    matches!(
+        tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await,
+        Ok(Ok(()))
+    )
 }

@@ -92,6 +92,7 @@ impl Cluster {
             .env("AUTH_JWT_SECRET", SECRET)
             .env("HOST", "127.0.0.1")
             .env("PORT", "0")
+            .env("METRICS_ADDR", "127.0.0.1:0")
             .env("LOG_FORMAT", "json")
             .env("LOG_LEVEL", "info")
             .env("SHUTDOWN_TIMEOUT_SECONDS", "2")

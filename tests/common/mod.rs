@@ -203,6 +203,8 @@ impl Api {
 
 pub struct TestApp {
     pub api: Api,
+    /// The management listener: /metrics and the probes.
+    pub metrics_addr: SocketAddr,
     pub audit: Arc<MemoryAudit>,
     /// The schema a Postgres-backed app uses.
     pub db: Option<Arc<pg::TestDb>>,
@@ -267,13 +269,16 @@ async fn serve(config: Config, backends: Backends, audit: Arc<MemoryAudit>) -> T
     let secret = config.auth_jwt_secret.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let management = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_addr = management.local_addr().unwrap();
     let state = AppState::new(config, backends);
     let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(run(listener, state.clone(), async move {
+    let server = tokio::spawn(run(listener, Some(management), state.clone(), async move {
         let _ = stopped.await;
     }));
     TestApp {
         api: Api::new(addr, &secret),
+        metrics_addr,
         audit,
         db: None,
         state,
@@ -368,6 +373,18 @@ impl TestApp {
                 })
                 .collect(),
         }
+    }
+
+    /// The /metrics text of the management listener.
+    pub async fn scrape(&self) -> String {
+        let response = self
+            .http
+            .get(format!("http://{}/metrics", self.metrics_addr))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap()
     }
 
     /// Starts draining, as SIGTERM would.

@@ -33,4 +33,8 @@ impl AuditSink for MemoryAudit {
             .push(record.clone());
         Ok(())
     }
+
+    async fn count(&self) -> Result<u64, Error> {
+        Ok(self.rows.lock().unwrap_or_else(|p| p.into_inner()).len() as u64)
+    }
 }

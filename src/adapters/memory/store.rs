@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::collab::model::{now, Decision, Draft, DraftSnapshot, Event, Outcome, Segment};
 use crate::collab::validate::Page;
 use crate::error::Error;
-use crate::ports::{Decide, Store};
+use crate::ports::{Decide, Store, StoreCounts};
 
 struct DraftRecord {
     draft: Draft,
@@ -156,5 +156,13 @@ impl Store for MemoryStore {
 
     async fn ping(&self) -> Result<(), Error> {
         Ok(())
+    }
+
+    async fn counts(&self) -> Result<StoreCounts, Error> {
+        let state = self.lock();
+        Ok(StoreCounts {
+            drafts: state.drafts.len() as u64,
+            segments: state.drafts.values().map(|r| r.segments.len() as u64).sum(),
+        })
     }
 }

@@ -7,22 +7,29 @@ use super::{db_error, pool_error, timed};
 use crate::audit::AuditRecord;
 use crate::error::Error;
 use crate::ports::AuditSink;
+use crate::telemetry::Metrics;
 
 pub struct PostgresAudit {
     pool: Pool,
     timeout: std::time::Duration,
+    metrics: Metrics,
 }
 
 impl PostgresAudit {
-    pub fn new(pool: Pool, timeout: std::time::Duration) -> Self {
-        PostgresAudit { pool, timeout }
+    pub fn new(pool: Pool, timeout: std::time::Duration, metrics: Metrics) -> Self {
+        PostgresAudit {
+            pool,
+            timeout,
+            metrics,
+        }
     }
 }
 
 #[async_trait]
 impl AuditSink for PostgresAudit {
     async fn record(&self, r: &AuditRecord) -> Result<(), Error> {
-        timed(self.timeout, async {
+        let started = std::time::Instant::now();
+        let result = timed(self.timeout, async {
             let client = self.pool.get().await.map_err(pool_error)?;
             let statement = client
                 .prepare_cached(
@@ -50,6 +57,27 @@ impl AuditSink for PostgresAudit {
                 .await
                 .map_err(db_error)?;
             Ok(())
+        })
+        .await;
+        self.metrics
+            .db_query("audit_insert", started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// The planner's estimate: counting an append-only log exactly would scan it.
+    async fn count(&self) -> Result<u64, Error> {
+        timed(self.timeout, async {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            let row = client
+                .query_one(
+                    "SELECT coalesce((SELECT reltuples::bigint FROM pg_class
+                                       WHERE oid = to_regclass('audit_events')), 0)",
+                    &[],
+                )
+                .await
+                .map_err(db_error)?;
+            let estimate: i64 = row.get(0);
+            Ok(estimate.max(0) as u64)
         })
         .await
     }

@@ -92,6 +92,16 @@ pub(crate) fn pool_error(e: PoolError) -> Error {
     }
 }
 
+/// Samples the pool's gauges (size, in use, waiting).
+pub fn sample_pool(pool: &Pool, metrics: &crate::telemetry::Metrics) {
+    let status = pool.status();
+    metrics.db_pool(
+        status.size,
+        status.size.saturating_sub(status.available),
+        status.waiting,
+    );
+}
+
 /// Runs a store operation with a deadline, so a hung connection cannot hold a
 /// request forever.
 pub(crate) async fn timed<T>(

@@ -4,7 +4,7 @@
 //! event and the new head together. Concurrent writers on any replica queue
 //! on the row lock, so seq n always commits before n+1.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Pool};
@@ -19,7 +19,8 @@ use crate::collab::model::{
 };
 use crate::collab::validate::Page;
 use crate::error::Error;
-use crate::ports::{Decide, Store};
+use crate::ports::{Decide, Store, StoreCounts};
+use crate::telemetry::Metrics;
 
 /// A draft row with its collaborators, in join order.
 const DRAFT_SELECT: &str = "
@@ -36,11 +37,37 @@ pub struct PostgresStore {
     pool: Pool,
     /// Deadline for one store operation, including waiting for a connection.
     timeout: Duration,
+    metrics: Metrics,
 }
 
 impl PostgresStore {
-    pub fn new(pool: Pool, timeout: Duration) -> Self {
-        PostgresStore { pool, timeout }
+    pub fn new(pool: Pool, timeout: Duration, metrics: Metrics) -> Self {
+        PostgresStore {
+            pool,
+            timeout,
+            metrics,
+        }
+    }
+
+    /// Runs one store operation under the deadline, timing it by name.
+    async fn timed<T>(
+        &self,
+        query: &'static str,
+        op: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        let started = Instant::now();
+        let result = timed(self.timeout, op).await;
+        self.metrics
+            .db_query(query, started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// A pooled connection, timing the wait.
+    async fn conn(&self) -> Result<deadpool_postgres::Object, Error> {
+        let started = Instant::now();
+        let conn = self.pool.get().await.map_err(pool_error);
+        self.metrics.db_pool_wait(started.elapsed().as_secs_f64());
+        conn
     }
 
     pub fn pool(&self) -> &Pool {
@@ -136,8 +163,8 @@ async fn load_draft(client: &impl GenericClient, id: Uuid) -> Result<Option<Draf
 impl Store for PostgresStore {
     #[instrument(skip_all, fields(draft_id = %draft.id))]
     async fn create_draft(&self, draft: &Draft) -> Result<(), Error> {
-        timed(self.timeout, async {
-            let mut client = self.pool.get().await.map_err(pool_error)?;
+        self.timed("create_draft", async {
+            let mut client = self.conn().await?;
             let tx = client.transaction().await.map_err(db_error)?;
             tx.execute(
                 "INSERT INTO drafts (id, title, owner_id, ring_holder, seq, created_at, updated_at)
@@ -175,8 +202,8 @@ impl Store for PostgresStore {
 
     #[instrument(skip_all, fields(draft_id = %id))]
     async fn get_draft(&self, id: Uuid) -> Result<Option<Draft>, Error> {
-        timed(self.timeout, async {
-            let client = self.pool.get().await.map_err(pool_error)?;
+        self.timed("get_draft", async {
+            let client = self.conn().await?;
             load_draft(&client, id).await
         })
         .await
@@ -184,8 +211,8 @@ impl Store for PostgresStore {
 
     #[instrument(skip_all)]
     async fn drafts_for_user(&self, user_id: &str) -> Result<Vec<Draft>, Error> {
-        timed(self.timeout, async {
-            let client = self.pool.get().await.map_err(pool_error)?;
+        self.timed("drafts_for_user", async {
+            let client = self.conn().await?;
             let sql = format!(
                 "{DRAFT_SELECT}
                  WHERE d.id IN (SELECT draft_id FROM collaborators WHERE user_id = $1)
@@ -204,8 +231,8 @@ impl Store for PostgresStore {
 
     #[instrument(skip_all, fields(draft_id = %draft_id))]
     async fn segments(&self, draft_id: Uuid, page: Page) -> Result<Vec<Segment>, Error> {
-        timed(self.timeout, async {
-            let client = self.pool.get().await.map_err(pool_error)?;
+        self.timed("segments", async {
+            let client = self.conn().await?;
             let sql = format!(
                 "SELECT {SEGMENT_COLUMNS} FROM segments
                   WHERE draft_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
@@ -223,8 +250,8 @@ impl Store for PostgresStore {
 
     #[instrument(skip_all, fields(draft_id = %draft_id))]
     async fn events(&self, draft_id: Uuid, page: Page) -> Result<Vec<Event>, Error> {
-        timed(self.timeout, async {
-            let client = self.pool.get().await.map_err(pool_error)?;
+        self.timed("events", async {
+            let client = self.conn().await?;
             let statement = client
                 .prepare_cached(
                     "SELECT draft_id, seq, type, request_id, ts, data FROM events
@@ -250,8 +277,8 @@ impl Store for PostgresStore {
         request_id: &str,
         decide: Decide<'_>,
     ) -> Result<Outcome, Error> {
-        timed(self.timeout, async {
-            let mut client = self.pool.get().await.map_err(pool_error)?;
+        self.timed("mutate", async {
+            let mut client = self.conn().await?;
             let tx = client.transaction().await.map_err(db_error)?;
             let lock = tx
                 .prepare_cached("SELECT segment_count FROM drafts WHERE id = $1 FOR UPDATE")
@@ -343,9 +370,27 @@ impl Store for PostgresStore {
         .await
     }
 
+    async fn counts(&self) -> Result<StoreCounts, Error> {
+        self.timed("counts", async {
+            let client = self.conn().await?;
+            let row = client
+                .query_one(
+                    "SELECT count(*), coalesce(sum(segment_count), 0)::bigint FROM drafts",
+                    &[],
+                )
+                .await
+                .map_err(db_error)?;
+            Ok(StoreCounts {
+                drafts: seq_of(row.get(0)),
+                segments: seq_of(row.get(1)),
+            })
+        })
+        .await
+    }
+
     async fn ping(&self) -> Result<(), Error> {
-        timed(self.timeout, async {
-            let client = self.pool.get().await.map_err(pool_error)?;
+        self.timed("ping", async {
+            let client = self.conn().await?;
             client.simple_query("SELECT 1").await.map_err(db_error)?;
             Ok(())
         })

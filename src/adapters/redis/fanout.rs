@@ -23,6 +23,7 @@ use crate::collab::model::Event;
 use crate::error::Error;
 use crate::ports::Fanout;
 use crate::realtime::hub::RoomRegistry;
+use crate::telemetry::Metrics;
 
 /// The pub/sub channel of a draft's room.
 pub fn channel(prefix: &str, draft_id: Uuid) -> String {
@@ -40,6 +41,7 @@ pub struct RedisFanout {
     /// fred tracks a channel only once SUBSCRIBE succeeded; this map is the
     /// truth that is resubscribed after a reconnect.
     subscriptions: Arc<Mutex<HashMap<Uuid, usize>>>,
+    metrics: Metrics,
 }
 
 impl RedisFanout {
@@ -48,6 +50,7 @@ impl RedisFanout {
         settings: &RedisSettings,
         publisher: Pool,
         registry: RoomRegistry,
+        metrics: Metrics,
     ) -> Result<Self, Error> {
         let subscriber = builder(settings)?
             .build_subscriber_client()
@@ -58,7 +61,7 @@ impl RedisFanout {
         subscriber.init().await.map_err(redis_error)?;
         let prefix = settings.prefix.clone();
         {
-            let registry = registry.clone();
+            let (registry, metrics) = (registry.clone(), metrics.clone());
             let channel_prefix = format!("{prefix}room:");
             tokio::spawn(async move {
                 loop {
@@ -71,7 +74,11 @@ impl RedisFanout {
                                 continue;
                             };
                             match serde_json::from_str::<Event>(&text) {
-                                Ok(event) => registry.deliver(event),
+                                Ok(event) => {
+                                    let lag = crate::collab::model::now() - event.ts;
+                                    metrics.fanout_lag(lag.as_seconds_f64());
+                                    registry.deliver(event)
+                                }
                                 Err(e) => {
                                     tracing::warn!(error.message = %e, "undecodable fanout message")
                                 }
@@ -93,6 +100,7 @@ impl RedisFanout {
         {
             let (subscriber, registry) = (subscriber.clone(), registry.clone());
             let (subscriptions, prefix) = (subscriptions.clone(), prefix.clone());
+            let metrics = metrics.clone();
             tokio::spawn(async move {
                 // The first notification is the initial connect.
                 let mut first = true;
@@ -100,6 +108,7 @@ impl RedisFanout {
                     if std::mem::take(&mut first) {
                         continue;
                     }
+                    metrics.fanout_reconnected();
                     let held = subscriptions.lock().await;
                     let channels: Vec<String> =
                         held.keys().map(|id| channel(&prefix, *id)).collect();
@@ -123,6 +132,7 @@ impl RedisFanout {
             prefix,
             registry,
             subscriptions,
+            metrics,
         })
     }
 
@@ -136,12 +146,16 @@ impl Fanout for RedisFanout {
     async fn publish(&self, event: &Event) -> Result<(), Error> {
         self.registry.deliver(event.clone());
         let payload = serde_json::to_string(event).map_err(Error::internal)?;
-        let _: i64 = self
+        let started = std::time::Instant::now();
+        let sent: Result<i64, _> = self
             .publisher
             .next()
             .publish(self.channel(event.draft_id), payload)
-            .await
-            .map_err(redis_error)?;
+            .await;
+        self.metrics
+            .redis_command("publish", started.elapsed().as_secs_f64());
+        self.metrics.fanout_published(sent.is_ok());
+        sent.map_err(redis_error)?;
         Ok(())
     }
 

@@ -25,6 +25,7 @@ use uuid::Uuid;
 use super::{int_of, redis_error};
 use crate::error::Error;
 use crate::ports::{Admission, LimitScope, Rooms, SocketCaps, SocketClaim, SocketLeases};
+use crate::telemetry::Metrics;
 
 pub const SOCKETS_LUA: &str = include_str!("../../../lua/sockets.lua");
 
@@ -43,11 +44,17 @@ pub struct RedisLeases {
     replicas: AtomicU64,
     /// A Redis call failed since the last registration: register again.
     stale: AtomicBool,
+    metrics: Metrics,
 }
 
 impl RedisLeases {
     /// Registers this replica and starts its heartbeat.
-    pub async fn start(pool: Pool, prefix: &str, ttl: Duration) -> Result<Arc<Self>, Error> {
+    pub async fn start(
+        pool: Pool,
+        prefix: &str,
+        ttl: Duration,
+        metrics: Metrics,
+    ) -> Result<Arc<Self>, Error> {
         let leases = Arc::new(RedisLeases {
             pool,
             script: Script::from_lua(SOCKETS_LUA),
@@ -58,6 +65,7 @@ impl RedisLeases {
             local: Mutex::new(HashMap::new()),
             replicas: AtomicU64::new(1),
             stale: AtomicBool::new(false),
+            metrics,
         });
         leases.register().await?;
         tokio::spawn(heartbeat(Arc::downgrade(&leases), ttl / 3));
@@ -77,10 +85,14 @@ impl RedisLeases {
     }
 
     async fn eval(&self, args: Vec<String>) -> Result<Value, Error> {
-        self.script
+        let started = std::time::Instant::now();
+        let reply = self
+            .script
             .evalsha_with_reload(self.pool.next(), self.namespace.clone(), args)
-            .await
-            .map_err(redis_error)
+            .await;
+        self.metrics
+            .redis_command("sockets", started.elapsed().as_secs_f64());
+        reply.map_err(redis_error)
     }
 
     /// Records this incarnation's lease and every local socket, replacing
@@ -277,6 +289,27 @@ pub async fn active_rooms(pool: &Pool, prefix: &str) -> Result<u64, Error> {
         .await
         .map_err(redis_error)?;
     Ok(int_of(&reply)?.max(0) as u64)
+}
+
+pub const LEADER_LUA: &str = include_str!("../../../lua/leader.lua");
+
+/// Whether `candidate` holds (now renewed for `ttl`) the lease of `job`.
+pub async fn lead(
+    pool: &Pool,
+    prefix: &str,
+    job: &str,
+    candidate: &str,
+    ttl: Duration,
+) -> Result<bool, Error> {
+    let reply: Value = Script::from_lua(LEADER_LUA)
+        .evalsha_with_reload(
+            pool.next(),
+            format!("{prefix}leader:{job}"),
+            vec![candidate.to_owned(), ttl.as_millis().to_string()],
+        )
+        .await
+        .map_err(redis_error)?;
+    Ok(int_of(&reply)? == 1)
 }
 
 /// The hash tag every lease key of a deployment shares.

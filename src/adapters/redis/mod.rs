@@ -64,6 +64,13 @@ pub async fn pool(settings: &RedisSettings) -> Result<fred::clients::Pool, Error
     Ok(pool)
 }
 
+/// Whether Redis answers a PING, for readiness and `health_status`.
+pub async fn ping(pool: &fred::clients::Pool) -> Result<(), Error> {
+    use fred::interfaces::ClientLike as _;
+    let _: Value = pool.next().ping(None).await.map_err(redis_error)?;
+    Ok(())
+}
+
 /// Reads an integer from a script reply element.
 pub(crate) fn int_of(value: &Value) -> Result<i64, Error> {
     value

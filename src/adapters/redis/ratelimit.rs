@@ -10,6 +10,7 @@ use super::{int_of, redis_error};
 use crate::error::Error;
 use crate::limits::gcra::{RatePolicy, ThrottleReply};
 use crate::ports::RateLimiter;
+use crate::telemetry::Metrics;
 
 pub const GCRA_LUA: &str = include_str!("../../../lua/gcra.lua");
 
@@ -17,14 +18,16 @@ pub struct RedisRateLimiter {
     pool: Pool,
     script: Script,
     prefix: String,
+    metrics: Metrics,
 }
 
 impl RedisRateLimiter {
-    pub fn new(pool: Pool, prefix: &str) -> Self {
+    pub fn new(pool: Pool, prefix: &str, metrics: Metrics) -> Self {
         RedisRateLimiter {
             pool,
             script: Script::from_lua(GCRA_LUA),
             prefix: prefix.to_owned(),
+            metrics,
         }
     }
 
@@ -50,11 +53,14 @@ impl RedisRateLimiter {
         if let Some(now) = now_us {
             args.push(now.to_string());
         }
-        let reply: Vec<Value> = self
+        let started = std::time::Instant::now();
+        let reply: Result<Vec<Value>, _> = self
             .script
             .evalsha_with_reload(self.pool.next(), self.key(key), args)
-            .await
-            .map_err(redis_error)?;
+            .await;
+        self.metrics
+            .redis_command("gcra", started.elapsed().as_secs_f64());
+        let reply = reply.map_err(redis_error)?;
         if reply.len() != 5 {
             return Err(Error::internal(format!("gcra.lua replied {reply:?}")));
         }

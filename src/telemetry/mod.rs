@@ -9,6 +9,11 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
+pub mod metrics;
+pub mod process;
+
+pub use self::metrics::Metrics;
+
 /// Installs the global subscriber. Call once, from `main`.
 pub fn init_logging(format: LogFormat, filter: &str) {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
