@@ -293,3 +293,32 @@ async fn script_flush_mid_load_causes_no_error() {
         }
     }
 }
+
+#[tokio::test]
+async fn one_replica_reports_the_state_gauges_and_every_one_the_rooms() {
+    let cluster = Cluster::start(3, base_url(), &[("STATE_METRICS_INTERVAL_SECONDS", "1")]).await;
+    let first = cluster
+        .replica(0)
+        .create_draft("alice", "Counted once")
+        .await;
+    cluster
+        .replica(1)
+        .create_draft("alice", "Counted once too")
+        .await;
+    let (_ws, _) = cluster.replica(2).ws("alice", &first, None).await;
+    eventually(|| async {
+        let mut reports = Vec::new();
+        for replica in &cluster.replicas {
+            reports.push(replica.metric("collab_drafts").await);
+        }
+        reports.iter().sum::<f64>() == 2.0 && reports.iter().filter(|r| **r > 0.0).count() == 1
+    })
+    .await;
+    for replica in &cluster.replicas {
+        assert_eq!(replica.metric("drafts_active_rooms").await, 1.0);
+        assert_eq!(
+            replica.metric("health_status{component=\"redis\"}").await,
+            1.0
+        );
+    }
+}

@@ -17,6 +17,7 @@ pub const SECRET: &str = "cluster-test-secret";
 
 pub struct Replica {
     pub api: Api,
+    pub metrics_addr: std::net::SocketAddr,
     child: Child,
 }
 
@@ -28,6 +29,22 @@ impl Replica {
             .status()
             .unwrap();
         assert!(status.success());
+    }
+
+    /// The value of one series on this replica's /metrics (0 when absent).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self
+            .http
+            .get(format!("http://{}/metrics", self.metrics_addr))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
     }
 
     /// SIGSTOP: the process freezes, its sockets stay open, its lease lapses.
@@ -120,11 +137,14 @@ impl Cluster {
             });
         }
         let mut seen = Vec::new();
-        let addr = within(async {
+        let (addr, metrics_addr): (std::net::SocketAddr, std::net::SocketAddr) = within(async {
             while let Some(line) = lines.recv().await {
                 if line.contains("collabd listening") {
                     let value: serde_json::Value = serde_json::from_str(&line).unwrap();
-                    return value["addr"].as_str().unwrap().parse().unwrap();
+                    return (
+                        value["addr"].as_str().unwrap().parse().unwrap(),
+                        value["metrics_addr"].as_str().unwrap().parse().unwrap(),
+                    );
                 }
                 seen.push(line);
             }
@@ -135,6 +155,7 @@ impl Cluster {
         tokio::spawn(async move { while lines.recv().await.is_some() {} });
         Replica {
             api: Api::new(addr, SECRET),
+            metrics_addr,
             child,
         }
     }
