@@ -392,6 +392,8 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     let addr = SocketAddr::new(config.host, config.port);
     let listener = TcpListener::bind(addr).await?;
     let management = TcpListener::bind(config.metrics_addr).await?;
+    // Before "listening" is announced: from then on SIGTERM means drain.
+    let shutdown = shutdown_signal();
     let what = match backends.mode {
         "standalone" => "state, fanout and limits in this process",
         "postgres" => "drafts, events and audit in Postgres; fanout and limits in this process",
@@ -409,33 +411,37 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         backends.mode
     );
     let state = AppState::new(config, backends);
-    Ok(run(listener, Some(management), state, shutdown_signal()).await?)
+    Ok(run(listener, Some(management), state, shutdown).await?)
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error.message = %e, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
+/// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is
+/// called, not when the future is first polled, so a signal that arrives
+/// right after start-up is never missed (nor kills the process outright).
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error.message = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let terminate = signal(SignalKind::terminate());
+        let interrupt = signal(SignalKind::interrupt());
+        async move {
+            match (terminate, interrupt) {
+                (Ok(mut terminate), Ok(mut interrupt)) => {
+                    tokio::select! {
+                        _ = terminate.recv() => {},
+                        _ = interrupt.recv() => {},
+                    }
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::error!(error.message = %e, "cannot listen for SIGTERM or SIGINT");
+                    std::future::pending::<()>().await;
+                }
             }
         }
-    };
+    }
     #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = terminate => {},
+    {
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

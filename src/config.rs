@@ -204,6 +204,27 @@ pub struct Config {
     )]
     pub rate_limit_fail_mode: FailMode,
 
+    /// Turn on OpenTelemetry tracing (also on when an OTLP endpoint or the
+    /// console exporter is set).
+    #[arg(long, env = "OTEL_ENABLED", default_value = "false", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub otel_enabled: bool,
+    /// OTLP/HTTP collector base URL, e.g. http://lgtm:4318 (`/v1/traces` is appended).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otel_exporter_otlp_endpoint: Option<String>,
+    /// `otlp` (default), `console` (spans on stdout) or `none`.
+    #[arg(long, env = "OTEL_TRACES_EXPORTER")]
+    pub otel_traces_exporter: Option<String>,
+    /// The service name spans carry.
+    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "collabd")]
+    pub otel_service_name: String,
+    /// always_on, always_off, traceidratio, parentbased_always_on (default),
+    /// parentbased_always_off, parentbased_traceidratio.
+    #[arg(long, env = "OTEL_TRACES_SAMPLER")]
+    pub otel_traces_sampler: Option<String>,
+    /// The ratio for the ratio samplers, 0.0 to 1.0.
+    #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG")]
+    pub otel_traces_sampler_arg: Option<f64>,
+
     /// Management listener: /metrics, /healthz, /readyz. Never the public port.
     #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:9090")]
     pub metrics_addr: std::net::SocketAddr,
@@ -326,6 +347,14 @@ impl Config {
                 reason: "must be non-empty, without spaces or braces".into(),
             });
         }
+        if let Some(exporter) = &self.otel_traces_exporter {
+            if !["otlp", "console", "none"].contains(&exporter.as_str()) {
+                return Err(ConfigError {
+                    variable: "OTEL_TRACES_EXPORTER",
+                    reason: format!("{exporter:?} is not one of otlp, console, none"),
+                });
+            }
+        }
         if self.ws_allowed_origins.iter().any(|o| o.trim().is_empty()) {
             return Err(ConfigError {
                 variable: "WS_ALLOWED_ORIGINS",
@@ -367,6 +396,17 @@ impl Config {
 
     pub fn database_query_timeout(&self) -> Duration {
         Duration::from_secs(self.database_query_timeout_seconds)
+    }
+
+    pub fn traces(&self) -> crate::telemetry::TraceSettings {
+        crate::telemetry::TraceSettings {
+            enabled: self.otel_enabled,
+            otlp_endpoint: self.otel_exporter_otlp_endpoint.clone(),
+            exporter: self.otel_traces_exporter.clone(),
+            service_name: self.otel_service_name.clone(),
+            sampler: self.otel_traces_sampler.clone(),
+            sampler_arg: self.otel_traces_sampler_arg,
+        }
     }
 
     pub fn shutdown_timeout(&self) -> Duration {

@@ -103,12 +103,16 @@ fn serve(config: Config) -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
-    collabd::telemetry::init_logging(config.log_format(), &config.log_level);
+    let telemetry =
+        collabd::telemetry::init(config.log_format(), &config.log_level, &config.traces());
     let runtime = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    match runtime.block_on(collabd::app::serve(config)) {
+    let result = runtime.block_on(collabd::app::serve(config));
+    // Flush the spans still buffered before the process ends.
+    telemetry.shutdown();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error.message = %e, "server failed");

@@ -322,3 +322,59 @@ async fn one_replica_reports_the_state_gauges_and_every_one_the_rooms() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_request_on_one_replica_and_its_delivery_on_another_share_a_trace() {
+    // The collector is unreachable: tracing must neither block nor fail requests.
+    let cluster = Cluster::start(
+        2,
+        base_url(),
+        &[
+            ("OTEL_ENABLED", "true"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9"),
+            ("LOG_LEVEL", "info,collabd=debug"),
+        ],
+    )
+    .await;
+    let id = cluster.replicas[0].create_draft("alice", "Traced").await;
+    let (mut watcher, _) = cluster.replicas[1].ws("alice", &id, None).await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let reply = cluster.replicas[0]
+        .post_with(
+            "alice",
+            &format!("/v1/collab/drafts/{id}/segments"),
+            &[
+                ("traceparent", &format!("00-{trace_id}-00f067aa0ba902b7-01")),
+                ("x-request-id", "traced-append"),
+            ],
+            serde_json::json!({ "content": "across replicas" }),
+        )
+        .await;
+    assert_eq!(reply.status, 201);
+    assert_eq!(watcher.next_seqs(1).await, [1]);
+
+    let request = cluster.replicas[0]
+        .log_line(|l| {
+            l["message"] == "request completed" && l["span"]["request_id"] == "traced-append"
+        })
+        .await;
+    assert_eq!(request["span"]["trace_id"], trace_id);
+    assert!(request["span"]["span_id"]
+        .as_str()
+        .is_some_and(|s| s.len() == 16));
+    let delivery = cluster.replicas[1]
+        .log_line(|l| l["message"] == "event received from fanout" && l["span"]["seq"] == 1)
+        .await;
+    assert_eq!(delivery["span"]["trace_id"], trace_id);
+
+    // Tokens (every JWT starts "eyJ") and the secret never reach the logs.
+    for replica in &cluster.replicas {
+        for line in replica.logs.lock().unwrap().iter() {
+            assert!(!line.contains("eyJ"), "a token was logged: {line}");
+            assert!(
+                !line.contains(common::cluster::SECRET),
+                "the secret was logged: {line}"
+            );
+        }
+    }
+}

@@ -133,12 +133,18 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
         .unwrap_or_else(|| "unmatched".to_owned());
     let span = tracing::info_span!(
         "http",
+        otel.name = %format!("{method} {route}"),
+        otel.kind = "server",
         request_id = %request_id,
         method = %method,
         route = %route,
         user_id = tracing::field::Empty,
         draft_id = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
     );
+    crate::telemetry::link(&span, &crate::telemetry::HeaderCarrier(req.headers()));
     let mut response = REQUEST_ID
         .scope(request_id.clone(), next.run(req).instrument(span.clone()))
         .await;
@@ -147,6 +153,7 @@ async fn request_context(State(state): State<AppState>, mut req: Request, next: 
     }
     in_flight.decrement(1.0);
     let status = response.status().as_u16();
+    span.record("http.response.status_code", status);
     state.metrics.http_request(
         method.as_str(),
         &route,

@@ -1,11 +1,23 @@
-//! Logging: pretty lines in dev, JSON lines in prod, filtered by LOG_LEVEL.
-//! Span fields (`request_id`, `user_id`, `draft_id`, `connection_id`) ride on
-//! every line logged inside the span.
+//! Logs and traces. Logs: pretty lines in dev, JSON lines in prod, filtered
+//! by LOG_LEVEL; span fields (`request_id`, `user_id`, `draft_id`,
+//! `connection_id`, and `trace_id`/`span_id` when tracing is on) ride on every
+//! line logged inside the span. Traces: OpenTelemetry, off by default, on
+//! with `OTEL_ENABLED`, `OTEL_EXPORTER_OTLP_ENDPOINT` (OTLP over HTTP) or
+//! `OTEL_TRACES_EXPORTER=console`; the batch exporter runs on its own thread,
+//! so an unreachable collector never blocks a request.
 
 use std::io::IsTerminal;
+use std::time::Duration;
 
-use tracing_subscriber::fmt::format::FmtSpan;
-use tracing_subscriber::EnvFilter;
+use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::LogFormat;
 
@@ -14,22 +26,160 @@ pub mod process;
 
 pub use self::metrics::Metrics;
 
-/// Installs the global subscriber. Call once, from `main`.
-pub fn init_logging(format: LogFormat, filter: &str) {
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_span_events(FmtSpan::NONE);
-    match format {
-        LogFormat::Json => builder
+/// Where spans go.
+#[derive(Clone, Debug, Default)]
+pub struct TraceSettings {
+    pub enabled: bool,
+    /// OTLP/HTTP base URL (`/v1/traces` is appended); default http://localhost:4318.
+    pub otlp_endpoint: Option<String>,
+    /// `otlp` (default), `console` or `none`.
+    pub exporter: Option<String>,
+    pub service_name: String,
+    /// `always_on`, `always_off`, `traceidratio`, `parentbased_always_on`
+    /// (default), `parentbased_always_off`, `parentbased_traceidratio`.
+    pub sampler: Option<String>,
+    pub sampler_arg: Option<f64>,
+}
+
+impl TraceSettings {
+    fn active(&self) -> bool {
+        let exporter = self.exporter.as_deref();
+        exporter != Some("none")
+            && (self.enabled || self.otlp_endpoint.is_some() || exporter == Some("console"))
+    }
+
+    fn sampler(&self) -> Sampler {
+        let ratio = self.sampler_arg.unwrap_or(1.0).clamp(0.0, 1.0);
+        match self.sampler.as_deref().unwrap_or("parentbased_always_on") {
+            "always_on" => Sampler::AlwaysOn,
+            "always_off" => Sampler::AlwaysOff,
+            "traceidratio" => Sampler::TraceIdRatioBased(ratio),
+            "parentbased_always_off" => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+            "parentbased_traceidratio" => {
+                Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio)))
+            }
+            _ => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+        }
+    }
+}
+
+/// Flushes pending spans when the process ends.
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl TelemetryGuard {
+    pub fn shutdown(mut self) {
+        if let Some(provider) = self.provider.take() {
+            if let Err(e) = provider.shutdown() {
+                eprintln!("warning: trace export did not finish: {e}");
+            }
+        }
+    }
+}
+
+fn provider(settings: &TraceSettings) -> Result<SdkTracerProvider, String> {
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(settings.service_name.clone())
+        .build();
+    let builder = SdkTracerProvider::builder()
+        .with_sampler(settings.sampler())
+        .with_resource(resource);
+    let builder = if settings.exporter.as_deref() == Some("console") {
+        builder.with_simple_exporter(opentelemetry_stdout::SpanExporter::default())
+    } else {
+        let base = settings
+            .otlp_endpoint
+            .clone()
+            .unwrap_or_else(|| "http://localhost:4318".to_owned());
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(format!("{}/v1/traces", base.trim_end_matches('/')))
+            .with_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| format!("OTLP exporter: {e}"))?;
+        builder.with_batch_exporter(exporter)
+    };
+    Ok(builder.build())
+}
+
+/// Installs the global subscriber (and the tracer, when tracing is on).
+/// Call once, from `main`.
+pub fn init(format: LogFormat, filter: &str, traces: &TraceSettings) -> TelemetryGuard {
+    // The exporter's own HTTP client must not trace (or log) itself.
+    let filter = format!("{filter},opentelemetry=warn,opentelemetry_sdk=warn,opentelemetry_otlp=warn,hyper=warn,hyper_util=warn,reqwest=warn");
+    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt = match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
-            .init(),
-        LogFormat::Pretty => builder
+            .boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
             .compact()
             .with_ansi(std::io::stdout().is_terminal())
-            .init(),
+            .boxed(),
+    };
+    let provider = if traces.active() {
+        match provider(traces) {
+            Ok(provider) => Some(provider),
+            Err(e) => {
+                eprintln!("warning: tracing disabled: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let otel = provider.as_ref().map(|p| {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        tracing_opentelemetry::layer().with_tracer(p.tracer("collabd"))
+    });
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .init();
+    TelemetryGuard { provider }
+}
+
+/// Logging only, for tests and tools.
+pub fn init_logging(format: LogFormat, filter: &str) {
+    let _ = init(format, filter, &TraceSettings::default());
+}
+
+/// Adopts a remote parent (W3C trace context) for `span`, and records the
+/// span's trace and span ids as fields so every log line inside carries them.
+pub fn link(span: &tracing::Span, carrier: &dyn Extractor) {
+    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(carrier));
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
+    }
+    let context = span.context();
+    let ids = context.span().span_context().clone();
+    if ids.is_valid() {
+        span.record("trace_id", tracing::field::display(ids.trace_id()));
+        span.record("span_id", tracing::field::display(ids.span_id()));
+    }
+}
+
+/// Writes the current span's trace context into `carrier` (e.g. a pub/sub
+/// message), so work it causes elsewhere joins the same trace.
+pub fn inject(carrier: &mut dyn Injector) {
+    let context = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&context, carrier));
+}
+
+/// Adapts HTTP headers to the propagator.
+pub struct HeaderCarrier<'a>(pub &'a axum::http::HeaderMap);
+
+impl Extractor for HeaderCarrier<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
     }
 }

@@ -18,6 +18,8 @@ pub const SECRET: &str = "cluster-test-secret";
 pub struct Replica {
     pub api: Api,
     pub metrics_addr: std::net::SocketAddr,
+    /// Every line the replica printed so far.
+    pub logs: Arc<std::sync::Mutex<Vec<String>>>,
     child: Child,
 }
 
@@ -45,6 +47,25 @@ impl Replica {
         text.lines()
             .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
             .unwrap_or(0.0)
+    }
+
+    /// Waits for a JSON log line matching `pred` and returns it parsed.
+    pub async fn log_line(&self, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let mut found = None;
+        super::eventually(|| {
+            let hit = self
+                .logs
+                .lock()
+                .unwrap()
+                .iter()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|v| pred(v));
+            let done = hit.is_some();
+            found = hit;
+            async move { done }
+        })
+        .await;
+        found.unwrap()
     }
 
     /// SIGSTOP: the process freezes, its sockets stay open, its lease lapses.
@@ -136,7 +157,7 @@ impl Cluster {
                 }
             });
         }
-        let mut seen = Vec::new();
+        let mut seen: Vec<String> = Vec::new();
         let (addr, metrics_addr): (std::net::SocketAddr, std::net::SocketAddr) = within(async {
             while let Some(line) = lines.recv().await {
                 if line.contains("collabd listening") {
@@ -152,10 +173,19 @@ impl Cluster {
         })
         .await;
         // Keep draining so the replica never blocks on a full pipe.
-        tokio::spawn(async move { while lines.recv().await.is_some() {} });
+        let logs = Arc::new(std::sync::Mutex::new(seen));
+        {
+            let logs = logs.clone();
+            tokio::spawn(async move {
+                while let Some(line) = lines.recv().await {
+                    logs.lock().unwrap().push(line);
+                }
+            });
+        }
         Replica {
             api: Api::new(addr, SECRET),
             metrics_addr,
+            logs,
             child,
         }
     }

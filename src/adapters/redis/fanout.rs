@@ -25,6 +25,40 @@ use crate::ports::Fanout;
 use crate::realtime::hub::RoomRegistry;
 use crate::telemetry::Metrics;
 
+/// What travels on a room channel: the event, and the W3C trace context of
+/// the request that caused it, so its delivery on another replica joins the
+/// same trace.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Envelope {
+    event: Event,
+    #[serde(default)]
+    trace: HashMap<String, String>,
+}
+
+/// Hands one received message to its room, inside a span linked to the
+/// publisher's trace.
+fn receive(envelope: Envelope, registry: &RoomRegistry, metrics: &Metrics) {
+    let event = envelope.event;
+    let span = tracing::info_span!(
+        parent: None,
+        "fanout deliver",
+        otel.kind = "consumer",
+        draft_id = %event.draft_id,
+        seq = event.seq,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    crate::telemetry::link(&span, &envelope.trace);
+    let _entered = span.enter();
+    let lag = crate::collab::model::now() - event.ts;
+    metrics.fanout_lag(lag.as_seconds_f64());
+    tracing::debug!(
+        event_type = event.event_type.as_str(),
+        "event received from fanout"
+    );
+    registry.deliver(event);
+}
+
 /// The pub/sub channel of a draft's room.
 pub fn channel(prefix: &str, draft_id: Uuid) -> String {
     format!("{prefix}room:{draft_id}")
@@ -73,12 +107,8 @@ impl RedisFanout {
                             let Some(text) = message.value.as_str() else {
                                 continue;
                             };
-                            match serde_json::from_str::<Event>(&text) {
-                                Ok(event) => {
-                                    let lag = crate::collab::model::now() - event.ts;
-                                    metrics.fanout_lag(lag.as_seconds_f64());
-                                    registry.deliver(event)
-                                }
+                            match serde_json::from_str::<Envelope>(&text) {
+                                Ok(envelope) => receive(envelope, &registry, &metrics),
                                 Err(e) => {
                                     tracing::warn!(error.message = %e, "undecodable fanout message")
                                 }
@@ -143,9 +173,15 @@ impl RedisFanout {
 
 #[async_trait]
 impl Fanout for RedisFanout {
+    #[tracing::instrument(name = "fanout publish", skip_all, fields(otel.kind = "producer", draft_id = %event.draft_id, seq = event.seq))]
     async fn publish(&self, event: &Event) -> Result<(), Error> {
         self.registry.deliver(event.clone());
-        let payload = serde_json::to_string(event).map_err(Error::internal)?;
+        let mut envelope = Envelope {
+            event: event.clone(),
+            trace: HashMap::new(),
+        };
+        crate::telemetry::inject(&mut envelope.trace);
+        let payload = serde_json::to_string(&envelope).map_err(Error::internal)?;
         let started = std::time::Instant::now();
         let sent: Result<i64, _> = self
             .publisher
