@@ -261,3 +261,22 @@ fn the_env_example_as_written_starts_a_server() {
     server.wait_for(|l| l.contains("collabd listening"));
     assert!(server.terminate().success());
 }
+
+#[tokio::test]
+async fn the_console_exporter_prints_spans_with_the_callers_trace() {
+    let mut server = Server::start(&[("OTEL_TRACES_EXPORTER", "console"), ("LOG_FORMAT", "json")]);
+    let listening = server.wait_for(|l| l.contains("collabd listening"));
+    let line: Value = serde_json::from_str(&listening).unwrap();
+    let addr = line["addr"].as_str().unwrap().to_owned();
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let response = reqwest::Client::new()
+        .get(format!("http://{addr}/healthz"))
+        .header("traceparent", format!("00-{trace_id}-b7ad6b7169203331-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // The span, printed by the exporter, belongs to the caller's trace.
+    server.wait_for(|l| l.contains(trace_id) && serde_json::from_str::<Value>(l).is_err());
+    assert!(server.terminate().success());
+}

@@ -84,6 +84,7 @@ impl RedisLeases {
             .clone()
     }
 
+    #[tracing::instrument(name = "redis sockets", skip_all, fields(otel.kind = "client", op = %args[0]))]
     async fn eval(&self, args: Vec<String>) -> Result<Value, Error> {
         let started = std::time::Instant::now();
         let reply = self

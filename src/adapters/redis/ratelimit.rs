@@ -37,6 +37,7 @@ impl RedisRateLimiter {
     }
 
     /// Runs the script; `now_us` overrides Redis TIME (conformance tests only).
+    #[tracing::instrument(name = "redis gcra", skip_all, fields(otel.kind = "client", policy = policy.name))]
     pub async fn eval(
         &self,
         key: &str,
