@@ -1,0 +1,86 @@
+# Shared by scripts/test and scripts/cluster: make sure a Postgres, a Redis
+# and the tools they use are there, starting private servers (and installing
+# Debian's packages, as root) only when nothing is reachable. Never stops,
+# flushes or reconfigures a server it did not start.
+# Source it: it defines functions and three constants, and runs nothing.
+
+PRIVATE_PG_PORT=55432
+PRIVATE_PG_DIR=${COLLABD_TEST_PG_DIR:-/tmp/collabd-test-pg}
+PRIVATE_REDIS_PORT=56379
+
+reachable() { # host port
+    timeout 2 bash -c "exec 3<>/dev/tcp/$1/$2" 2>/dev/null
+}
+
+wait_until_reachable() { # host port [what]
+    for _ in $(seq 1 60); do
+        reachable "$1" "$2" && return 0
+        sleep 0.5
+    done
+    echo "${3:-a server} did not come up on $1:$2" >&2
+    return 1
+}
+
+# Installs a Debian package when a command is missing (root only).
+ensure_command() { # command package
+    command -v "$1" >/dev/null 2>&1 && return 0
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "$1 is not installed, and installing $2 needs root" >&2
+        return 1
+    fi
+    echo "installing $2 (for $1)" >&2
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >&2
+}
+
+pg_bin() {
+    if ! ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1; then
+        # The server package, not just the client that may already be here.
+        ensure_command /usr/lib/postgresql/none/bin/initdb postgresql
+    fi
+    ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1
+}
+
+start_private_postgres() {
+    reachable 127.0.0.1 "$PRIVATE_PG_PORT" && return 0
+    local bin owner
+    bin=$(pg_bin)
+    # initdb refuses to run as root: the cluster belongs to the postgres user.
+    owner=$(id -un)
+    if [ "$(id -u)" -eq 0 ]; then owner=postgres; fi
+    if [ ! -f "$PRIVATE_PG_DIR/PG_VERSION" ]; then
+        mkdir -p "$PRIVATE_PG_DIR"
+        chown "$owner" "$PRIVATE_PG_DIR"
+        runuser -u "$owner" -- "$bin/initdb" -D "$PRIVATE_PG_DIR" -U postgres -A trust >/dev/null
+    fi
+    echo "starting a private Postgres on 127.0.0.1:$PRIVATE_PG_PORT ($PRIVATE_PG_DIR)" >&2
+    runuser -u "$owner" -- "$bin/pg_ctl" -D "$PRIVATE_PG_DIR" -l "$PRIVATE_PG_DIR/server.log" -w \
+        -o "-p $PRIVATE_PG_PORT -h 127.0.0.1 -k $PRIVATE_PG_DIR -F" start >/dev/null
+    wait_until_reachable 127.0.0.1 "$PRIVATE_PG_PORT" Postgres
+}
+
+# Prints a Postgres server URL (no database): the local one, else a private one.
+postgres_server_url() { # [private: 1 skips the local server]
+    if [ "${1:-0}" != 1 ] && reachable 127.0.0.1 5432; then
+        echo "postgres://postgres@127.0.0.1:5432"
+    else
+        start_private_postgres
+        echo "postgres://postgres@127.0.0.1:$PRIVATE_PG_PORT"
+    fi
+}
+
+# Prints a Redis URL: the local one, else a private one.
+redis_server_url() { # [private: 1 skips the local server]
+    ensure_command redis-server redis-server
+    if [ "${1:-0}" != 1 ] && reachable 127.0.0.1 6379; then
+        echo "redis://127.0.0.1:6379/0"
+    else
+        if ! reachable 127.0.0.1 "$PRIVATE_REDIS_PORT"; then
+            echo "starting a private Redis on 127.0.0.1:$PRIVATE_REDIS_PORT" >&2
+            redis-server --daemonize yes --port "$PRIVATE_REDIS_PORT" --bind 127.0.0.1 \
+                --save '' --appendonly no --logfile /tmp/collabd-test-redis.log >/dev/null
+            wait_until_reachable 127.0.0.1 "$PRIVATE_REDIS_PORT" Redis
+        fi
+        echo "redis://127.0.0.1:$PRIVATE_REDIS_PORT/0"
+    fi
+}
