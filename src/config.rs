@@ -15,6 +15,9 @@ use crate::limits::fallback::FailMode;
 
 /// The secret used when none is configured. Fine for a laptop, refused in prod.
 pub const DEV_JWT_SECRET: &str = "collabd-dev-secret-do-not-use-in-production";
+/// The GCRA works in microseconds: more than one request per microsecond
+/// would make the emission interval zero.
+pub const MAX_PER_MINUTE: i64 = 60_000_000;
 /// A production secret must be at least this long (HS256 keys should match the hash size).
 pub const MIN_PROD_SECRET_BYTES: usize = 32;
 
@@ -101,13 +104,13 @@ pub struct Config {
     #[arg(long, env = "RATE_LIMIT_ENABLED", default_value = "false", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
     pub rate_limit_enabled: bool,
     /// Read routes: sustained requests per minute per user (or IP).
-    #[arg(long, env = "RATE_LIMIT_PER_MINUTE_DEFAULT", default_value_t = 120, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "RATE_LIMIT_PER_MINUTE_DEFAULT", default_value_t = 120, value_parser = clap::value_parser!(u32).range(1..=MAX_PER_MINUTE))]
     pub rate_limit_per_minute_default: u32,
     /// Read routes: extra requests allowed in a burst.
     #[arg(long, env = "RATE_LIMIT_BURST_DEFAULT", default_value_t = 30)]
     pub rate_limit_burst_default: u32,
     /// Mutations: sustained requests per minute per user (or IP).
-    #[arg(long, env = "RATE_LIMIT_PER_MINUTE_MUTATION", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "RATE_LIMIT_PER_MINUTE_MUTATION", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=MAX_PER_MINUTE))]
     pub rate_limit_per_minute_mutation: u32,
     /// Mutations: extra requests allowed in a burst.
     #[arg(long, env = "RATE_LIMIT_BURST_MUTATION", default_value_t = 10)]

@@ -9,20 +9,25 @@ use collabd::limits::gcra::{throttle, RatePolicy};
 use common::redis::{base_url, client, TestPrefix};
 use fred::interfaces::KeysInterface;
 
-#[tokio::test]
-async fn the_lua_script_and_the_rust_gcra_agree() {
-    let prefix = TestPrefix::new();
+/// The Redis limiter under the test's own key prefix.
+async fn limiter(prefix: &TestPrefix) -> RedisRateLimiter {
     let settings = RedisSettings {
         url: base_url(),
         prefix: prefix.prefix.clone(),
         pool_size: 1,
         timeout: std::time::Duration::from_secs(5),
     };
-    let limiter = RedisRateLimiter::new(
+    RedisRateLimiter::new(
         redis_pool(&settings).await.unwrap(),
         &prefix.prefix,
         collabd::telemetry::Metrics::new(),
-    );
+    )
+}
+
+#[tokio::test]
+async fn the_lua_script_and_the_rust_gcra_agree() {
+    let prefix = TestPrefix::new();
+    let limiter = limiter(&prefix).await;
     let redis = client(&base_url()).await;
     let mut rng = fastrand::Rng::with_seed(0x5eed);
     let mut compared = 0;
@@ -85,17 +90,7 @@ async fn the_lua_script_and_the_rust_gcra_agree() {
 #[tokio::test]
 async fn the_lua_script_matches_the_worked_example_on_redis_time() {
     let prefix = TestPrefix::new();
-    let settings = RedisSettings {
-        url: base_url(),
-        prefix: prefix.prefix.clone(),
-        pool_size: 1,
-        timeout: std::time::Duration::from_secs(5),
-    };
-    let limiter = RedisRateLimiter::new(
-        redis_pool(&settings).await.unwrap(),
-        &prefix.prefix,
-        collabd::telemetry::Metrics::new(),
-    );
+    let limiter = limiter(&prefix).await;
     let policy = RatePolicy {
         name: "t",
         max_burst: 15,

@@ -33,6 +33,8 @@ use crate::ports::{Admission, SocketClaim};
 
 /// How long a closing handshake may take before the connection is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Initial read and write buffer of each socket.
+const SOCKET_BUFFER_BYTES: usize = 4 * 1024;
 /// Close codes of RFC 6455.
 const CLOSE_GOING_AWAY: u16 = 1001;
 const CLOSE_POLICY: u16 = 1008;
@@ -101,7 +103,12 @@ pub async fn upgrade(
         request_id = %session.request_id,
     );
     let tracker = state.sockets.clone();
+    // tungstenite allocates 128 KiB read and write buffers per socket by
+    // default; idle sockets are the common case, so start small (buffers
+    // still grow for a large frame). Measured: docs/BENCHMARKS.md.
     Ok(ws
+        .read_buffer_size(SOCKET_BUFFER_BYTES)
+        .write_buffer_size(SOCKET_BUFFER_BYTES)
         .max_message_size(hard_max)
         .max_frame_size(hard_max)
         .on_upgrade(move |socket| tracker.track_future(session.run(socket).instrument(span))))

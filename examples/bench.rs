@@ -1,0 +1,895 @@
+//! collabd benchmarks: real replica processes, real sockets, and beside each
+//! figure the ceiling it runs against on the same machine in the same run.
+//!
+//! ```text
+//! scripts/bench --size full            # every scenario, 3 runs each, medians
+//! scripts/bench --size smoke           # a tiny run: fails on errors, never on slowness
+//! scripts/bench --scenario fanout      # one scenario
+//! ```
+//!
+//! Scenarios: fanout (W writers, R watchers over 3 replicas; delivered events
+//! per second and end-to-end latency, against `redis-benchmark` PUBLISH),
+//! connections (idle WebSockets on one replica; RSS per connection and idle
+//! CPU), ratelimit (decisions per second through the HTTP middleware against
+//! `redis-benchmark` EVALSHA of lua/gcra.lua, and the latency limits add),
+//! appends (durable appends per second to one draft and to many, against
+//! `pgbench` running the equivalent transaction), http (a read route with the
+//! full middleware stack against the same handler with none).
+//!
+//! Needs Postgres and Redis: BENCH_DATABASE_URL (a server URL ending in a
+//! database, default postgres://postgres@127.0.0.1:5432/collabd_test) and
+//! BENCH_REDIS_URL (default redis://127.0.0.1:6379/0); scripts/bench finds or
+//! starts them. COLLABD_BIN names the server binary.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+const SECRET: &str = "bench-secret-of-at-least-thirty-two-bytes";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Size {
+    Smoke,
+    Full,
+}
+
+#[derive(Parser)]
+#[command(about = "collabd benchmarks against their ceilings")]
+struct Args {
+    #[arg(long, value_enum, default_value = "smoke")]
+    size: Size,
+    /// Run only these scenarios (fanout, connections, ratelimit, appends, http).
+    #[arg(long)]
+    scenario: Vec<String>,
+    /// Runs per scenario (default: 1 for smoke, 3 for full); figures are medians.
+    #[arg(long)]
+    repeat: Option<usize>,
+}
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// One figure of a scenario, collected over runs.
+struct Row {
+    scenario: &'static str,
+    measure: String,
+    unit: &'static str,
+    values: Vec<f64>,
+    ceiling: Option<String>,
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+// ---------- the pieces every scenario uses ----------
+
+struct Backing {
+    server_url: String,
+    database: String,
+    schema: String,
+    redis_url: String,
+    prefix: String,
+}
+
+impl Backing {
+    async fn create() -> Res<Backing> {
+        let url = std::env::var("BENCH_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/collabd_test".into());
+        let (server_url, database) = url
+            .rsplit_once('/')
+            .ok_or("BENCH_DATABASE_URL needs a database")?;
+        let backing = Backing {
+            server_url: server_url.to_owned(),
+            database: database.to_owned(),
+            schema: format!("collabd_bench_{}", uuid::Uuid::new_v4().simple()),
+            redis_url: std::env::var("BENCH_REDIS_URL")
+                .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into()),
+            prefix: format!("collabd-bench:{}:", uuid::Uuid::new_v4().simple()),
+        };
+        let admin = backing
+            .connect(&format!("{}/postgres", backing.server_url))
+            .await?;
+        let exists = admin
+            .query_opt(
+                "SELECT 1 FROM pg_database WHERE datname = $1",
+                &[&backing.database],
+            )
+            .await?
+            .is_some();
+        if !exists {
+            let _ = admin
+                .batch_execute(&format!("CREATE DATABASE \"{}\"", backing.database))
+                .await;
+        }
+        backing
+            .connect(&url)
+            .await?
+            .batch_execute(&format!("CREATE SCHEMA \"{}\"", backing.schema))
+            .await?;
+        Ok(backing)
+    }
+
+    async fn connect(&self, url: &str) -> Res<tokio_postgres::Client> {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+        tokio::spawn(connection);
+        Ok(client)
+    }
+
+    fn database_url(&self) -> String {
+        format!(
+            "{}/{}?options=-csearch_path%3D{}",
+            self.server_url, self.database, self.schema
+        )
+    }
+
+    async fn drop_schema(&self) {
+        if let Ok(client) = self
+            .connect(&format!("{}/{}", self.server_url, self.database))
+            .await
+        {
+            let _ = client
+                .batch_execute(&format!(
+                    "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+                    self.schema
+                ))
+                .await;
+        }
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "redis-cli -u '{}' --scan --pattern '*{}*' | xargs -r redis-cli -u '{}' DEL >/dev/null",
+                self.redis_url, self.prefix, self.redis_url
+            ))
+            .status()
+            .await;
+    }
+}
+
+struct Replica {
+    api: SocketAddr,
+    metrics: SocketAddr,
+    child: Child,
+}
+
+impl Replica {
+    async fn start(envs: &[(&str, String)]) -> Res<Replica> {
+        let bin = std::env::var("COLLABD_BIN").unwrap_or_else(|_| {
+            let exe = std::env::current_exe().unwrap();
+            exe.parent()
+                .unwrap()
+                .parent()
+                .unwrap()
+                .join("collabd")
+                .display()
+                .to_string()
+        });
+        let mut cmd = Command::new(&bin);
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("AUTH_JWT_SECRET", SECRET)
+            .env("APP_ENV", "prod")
+            .env("LOG_LEVEL", "warn,collabd::app=info")
+            .env("PORT", "0")
+            .env("METRICS_ADDR", "127.0.0.1:0")
+            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {bin}: {e}"))?;
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("collabd listening") {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await?
+        .ok_or("replica exited before listening")?;
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let value: Value = serde_json::from_str(&line)?;
+        Ok(Replica {
+            api: value["addr"].as_str().unwrap().parse()?,
+            metrics: value["metrics_addr"].as_str().unwrap().parse()?,
+            child,
+        })
+    }
+
+    async fn metric(&self, http: &reqwest::Client, name: &str) -> Res<f64> {
+        let text = http
+            .get(format!("http://{}/metrics", self.metrics))
+            .send()
+            .await?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0))
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+fn cluster_env(b: &Backing) -> Vec<(&'static str, String)> {
+    vec![
+        ("DATABASE_URL", b.database_url()),
+        ("REDIS_URL", b.redis_url.clone()),
+        ("REDIS_KEY_PREFIX", b.prefix.clone()),
+    ]
+}
+
+fn token(user: &str) -> String {
+    collabd::auth::Authenticator::new(SECRET)
+        .mint(user, Duration::from_secs(3600))
+        .unwrap()
+}
+
+async fn create_draft(http: &reqwest::Client, api: SocketAddr, title: &str) -> Res<String> {
+    let reply: Value = http
+        .post(format!("http://{api}/v1/collab/drafts"))
+        .bearer_auth(token("alice"))
+        .json(&json!({ "title": title }))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(reply["id"].as_str().ok_or("no draft id")?.to_owned())
+}
+
+async fn append(http: &reqwest::Client, api: SocketAddr, draft: &str, content: &str) -> Res<()> {
+    let status = http
+        .post(format!("http://{api}/v1/collab/drafts/{draft}/segments"))
+        .bearer_auth(token("alice"))
+        .json(&json!({ "content": content }))
+        .send()
+        .await?
+        .status();
+    if status.as_u16() != 201 {
+        return Err(format!("append answered {status}").into());
+    }
+    Ok(())
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn watch(api: SocketAddr, draft: &str) -> Res<Socket> {
+    let mut request = format!("ws://{api}/v1/collab/drafts/{draft}/ws").into_client_request()?;
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", token("alice")).parse()?,
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await?;
+    match socket.next().await {
+        Some(Ok(Message::Text(t))) if t.contains("\"ready\"") => Ok(socket),
+        other => Err(format!("expected ready, got {other:?}").into()),
+    }
+}
+
+/// Sends `total` GETs with `concurrency` in flight; returns (requests/s, mean latency s).
+async fn load(
+    http: &reqwest::Client,
+    url: &str,
+    bearer: Option<String>,
+    total: usize,
+    concurrency: usize,
+) -> Res<(f64, f64)> {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (http, url, bearer, next) =
+                (http.clone(), url.to_owned(), bearer.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < total {
+                    let t = Instant::now();
+                    let mut request = http.get(&url);
+                    if let Some(b) = &bearer {
+                        request = request.bearer_auth(b);
+                    }
+                    let response = request.send().await?;
+                    if !response.status().is_success() {
+                        return Err::<Vec<f64>, Box<dyn std::error::Error + Send + Sync>>(
+                            format!("{url} answered {}", response.status()).into(),
+                        );
+                    }
+                    response.bytes().await?;
+                    latencies.push(t.elapsed().as_secs_f64());
+                }
+                Ok(latencies)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    Ok((
+        all.len() as f64 / elapsed,
+        all.iter().sum::<f64>() / all.len() as f64,
+    ))
+}
+
+/// `redis-benchmark` requests per second for one command.
+async fn redis_benchmark(redis_url: &str, requests: usize, command: &[&str]) -> Res<f64> {
+    let output = Command::new("redis-benchmark")
+        .args([
+            "-u",
+            redis_url,
+            "-n",
+            &requests.to_string(),
+            "-c",
+            "32",
+            "-q",
+        ])
+        .args(command)
+        .output()
+        .await
+        .map_err(|e| format!("redis-benchmark: {e}"))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    // The last progress line reads "<command>: 63694.27 requests per second, ...".
+    let figure = text
+        .split(['\r', '\n'])
+        .filter_map(|part| part.split_once(" requests per second"))
+        .filter_map(|(before, _)| before.split_whitespace().next_back()?.parse::<f64>().ok())
+        .next_back()
+        .ok_or_else(|| format!("cannot read redis-benchmark output: {text}"))?;
+    Ok(figure)
+}
+
+// ---------- the scenarios ----------
+
+async fn fanout(size: Size, b: &Backing, http: &reqwest::Client, rows: &mut Vec<Row>) -> Res<()> {
+    let (writers, watchers, per_writer) = match size {
+        Size::Smoke => (2, 6, 20),
+        Size::Full => (4, 60, 250),
+    };
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(Replica::start(&cluster_env(b)).await?);
+    }
+    let draft = create_draft(http, replicas[0].api, "fanout").await?;
+    let mut sockets = Vec::new();
+    for i in 0..watchers {
+        sockets.push(watch(replicas[i % 3].api, &draft).await?);
+    }
+    let t0 = Instant::now();
+    let total = writers * per_writer;
+    let readers: Vec<_> = sockets
+        .into_iter()
+        .map(|mut socket| {
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(total);
+                while latencies.len() < total {
+                    match tokio::time::timeout(Duration::from_secs(60), socket.next()).await {
+                        Ok(Some(Ok(Message::Text(text)))) => {
+                            let frame: Value = serde_json::from_str(text.as_str()).unwrap();
+                            if let Some(content) = frame["data"]["segment"]["content"].as_str() {
+                                let sent: u128 =
+                                    content.rsplit(':').next().unwrap().parse().unwrap();
+                                latencies.push((t0.elapsed().as_nanos() - sent) as f64 / 1e9);
+                            }
+                        }
+                        Ok(Some(Ok(_))) => {}
+                        other => return Err(format!("watcher stopped early: {other:?}")),
+                    }
+                }
+                Ok((latencies, t0.elapsed()))
+            })
+        })
+        .collect();
+    let started = t0.elapsed();
+    let writer_tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let (http, draft, api) = (http.clone(), draft.clone(), replicas[w % 3].api);
+            tokio::spawn(async move {
+                for n in 0..per_writer {
+                    append(
+                        &http,
+                        api,
+                        &draft,
+                        &format!("{w}:{n}:{}", t0.elapsed().as_nanos()),
+                    )
+                    .await?;
+                }
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+            })
+        })
+        .collect();
+    for w in writer_tasks {
+        w.await??;
+    }
+    let mut latencies = Vec::new();
+    let mut finished = Duration::ZERO;
+    for r in readers {
+        let (l, done) = r.await?.map_err(|e| e.to_string())?;
+        latencies.extend(l);
+        finished = finished.max(done);
+    }
+    latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let delivered = latencies.len() as f64 / (finished - started).as_secs_f64();
+    let ceiling = redis_benchmark(
+        &b.redis_url,
+        if size == Size::Smoke { 20_000 } else { 200_000 },
+        &["PUBLISH", "collabd-bench-ceiling", &"x".repeat(400)],
+    )
+    .await?;
+    let ceiling = Some(format!("redis-benchmark PUBLISH: {ceiling:.0} msg/s"));
+    let label = format!("{writers} writers, {watchers} watchers on 3 replicas");
+    push(
+        rows,
+        "fanout",
+        format!("delivered events/s ({label})"),
+        "ev/s",
+        delivered,
+        ceiling,
+    );
+    push(
+        rows,
+        "fanout",
+        "delivery latency p50".into(),
+        "ms",
+        percentile(&latencies, 0.5) * 1e3,
+        None,
+    );
+    push(
+        rows,
+        "fanout",
+        "delivery latency p99".into(),
+        "ms",
+        percentile(&latencies, 0.99) * 1e3,
+        None,
+    );
+    push(
+        rows,
+        "fanout",
+        "delivery latency max".into(),
+        "ms",
+        latencies.last().copied().unwrap_or(f64::NAN) * 1e3,
+        None,
+    );
+    Ok(())
+}
+
+async fn connections(size: Size, http: &reqwest::Client, rows: &mut Vec<Row>) -> Res<()> {
+    let (count, idle) = match size {
+        Size::Smoke => (200, Duration::from_secs(2)),
+        Size::Full => (10_000, Duration::from_secs(10)),
+    };
+    let replica = Replica::start(&[]).await?;
+    let draft = create_draft(http, replica.api, "idle").await?;
+    let rss_before = replica
+        .metric(http, "process_resident_memory_bytes")
+        .await?;
+    let mut sockets = Vec::with_capacity(count);
+    for chunk in 0..count.div_ceil(100) {
+        let batch =
+            (chunk * 100..((chunk + 1) * 100).min(count)).map(|_| watch(replica.api, &draft));
+        for socket in futures_util::future::join_all(batch).await {
+            sockets.push(socket?);
+        }
+    }
+    let rss_after = replica
+        .metric(http, "process_resident_memory_bytes")
+        .await?;
+    let pid = replica.child.id().ok_or("replica exited")?;
+    let cpu_before = cpu_seconds(pid)?;
+    let t = Instant::now();
+    // The measurement window: the replica has nothing to do but hold the sockets.
+    tokio::time::sleep(idle).await;
+    let cpu = (cpu_seconds(pid)? - cpu_before) / t.elapsed().as_secs_f64() * 100.0;
+    push(
+        rows,
+        "connections",
+        format!("RSS per idle WebSocket ({count} open)"),
+        "KiB",
+        (rss_after - rss_before) / count as f64 / 1024.0,
+        None,
+    );
+    push(
+        rows,
+        "connections",
+        format!("CPU while {count} sockets idle"),
+        "% core",
+        cpu,
+        None,
+    );
+    for mut s in sockets {
+        let _ = s.close(None).await;
+    }
+    Ok(())
+}
+
+/// User plus system CPU seconds of a process, from /proc (10 ms ticks).
+fn cpu_seconds(pid: u32) -> Res<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .ok_or("bad stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    Ok(ticks / 100.0)
+}
+
+async fn ratelimit(
+    size: Size,
+    b: &Backing,
+    http: &reqwest::Client,
+    rows: &mut Vec<Row>,
+) -> Res<()> {
+    let total = if size == Size::Smoke { 2_000 } else { 40_000 };
+    let mut on_env = cluster_env(b);
+    on_env.extend([
+        ("RATE_LIMIT_ENABLED", "true".to_owned()),
+        ("RATE_LIMIT_PER_MINUTE_DEFAULT", "60000000".to_owned()),
+        ("RATE_LIMIT_BURST_DEFAULT", "4000000000".to_owned()),
+    ]);
+    let on = Replica::start(&on_env).await?;
+    let off = Replica::start(&cluster_env(b)).await?;
+    let bearer = Some(token("alice"));
+    let (rps_on, mean_on) = load(
+        http,
+        &format!("http://{}/v1/collab/drafts", on.api),
+        bearer.clone(),
+        total,
+        32,
+    )
+    .await?;
+    let (_, mean_off) = load(
+        http,
+        &format!("http://{}/v1/collab/drafts", off.api),
+        bearer,
+        total,
+        32,
+    )
+    .await?;
+    let sha = Command::new("redis-cli")
+        .args([
+            "-u",
+            &b.redis_url,
+            "SCRIPT",
+            "LOAD",
+            collabd::adapters::redis::ratelimit::GCRA_LUA,
+        ])
+        .output()
+        .await?;
+    let sha = String::from_utf8_lossy(&sha.stdout).trim().to_owned();
+    let key = format!("{}rl:{{bench}}", b.prefix);
+    let ceiling = redis_benchmark(
+        &b.redis_url,
+        total * 5,
+        &[
+            "EVALSHA",
+            &sha,
+            "1",
+            &key,
+            "4000000000",
+            "60000000",
+            "60",
+            "1",
+        ],
+    )
+    .await?;
+    push(
+        rows,
+        "ratelimit",
+        "limit decisions/s through the HTTP middleware".into(),
+        "req/s",
+        rps_on,
+        Some(format!(
+            "redis-benchmark EVALSHA gcra.lua: {ceiling:.0} calls/s"
+        )),
+    );
+    push(
+        rows,
+        "ratelimit",
+        "latency added by limits (mean on - off)".into(),
+        "ms",
+        (mean_on - mean_off) * 1e3,
+        None,
+    );
+    Ok(())
+}
+
+async fn appends(size: Size, b: &Backing, http: &reqwest::Client, rows: &mut Vec<Row>) -> Res<()> {
+    let (total, seconds) = if size == Size::Smoke {
+        (200, 2)
+    } else {
+        (4_000, 10)
+    };
+    let replica = Replica::start(&[("DATABASE_URL", b.database_url())]).await?;
+    let concurrency = 16;
+    for (label, drafts) in [("one draft", 1usize), ("16 drafts", 16)] {
+        let mut ids = Vec::new();
+        for i in 0..drafts {
+            ids.push(create_draft(http, replica.api, &format!("appends {i}")).await?);
+        }
+        let ids = Arc::new(ids);
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..concurrency)
+            .map(|w| {
+                let (http, ids, api) = (http.clone(), ids.clone(), replica.api);
+                tokio::spawn(async move {
+                    for n in 0..total / concurrency {
+                        append(&http, api, &ids[(w + n) % ids.len()], "x").await?;
+                    }
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await??;
+        }
+        let rate = (total / concurrency * concurrency) as f64 / started.elapsed().as_secs_f64();
+        let ceiling = pgbench(b, drafts, seconds, concurrency).await?;
+        push(
+            rows,
+            "appends",
+            format!("durable appends/s, {label}, {concurrency} writers"),
+            "ops/s",
+            rate,
+            Some(format!("pgbench, same transaction shape: {ceiling:.0} tps")),
+        );
+    }
+    Ok(())
+}
+
+/// pgbench running what an append does: lock the draft row, insert a row,
+/// bump the head, commit.
+async fn pgbench(b: &Backing, drafts: usize, seconds: u64, clients: usize) -> Res<f64> {
+    let client = b.connect(&b.database_url()).await?;
+    client
+        .batch_execute(
+            "DROP TABLE IF EXISTS bench_rows, bench_drafts;
+             CREATE TABLE bench_drafts (id int PRIMARY KEY, seq bigint NOT NULL DEFAULT 0);
+             CREATE TABLE bench_rows (draft int NOT NULL, seq bigint NOT NULL, body text NOT NULL,
+                                      PRIMARY KEY (draft, seq));",
+        )
+        .await?;
+    client
+        .execute(
+            "INSERT INTO bench_drafts (id) SELECT generate_series(1, $1)",
+            &[&(drafts as i32)],
+        )
+        .await?;
+    let script = std::env::temp_dir().join(format!("collabd-bench-{}.sql", std::process::id()));
+    std::fs::write(
+        &script,
+        format!(
+            "\\set d random(1, {drafts})\nBEGIN;\nSELECT seq FROM bench_drafts WHERE id = :d FOR UPDATE;\n\
+             INSERT INTO bench_rows (draft, seq, body) SELECT :d, seq + 1, 'x' FROM bench_drafts WHERE id = :d;\n\
+             UPDATE bench_drafts SET seq = seq + 1 WHERE id = :d;\nCOMMIT;\n"
+        ),
+    )?;
+    let url = format!("{}/{}", b.server_url, b.database);
+    let output = Command::new("pgbench")
+        .args([
+            "-n",
+            "-c",
+            &clients.to_string(),
+            "-j",
+            "2",
+            "-T",
+            &seconds.to_string(),
+            "-f",
+        ])
+        .arg(&script)
+        .arg(&url)
+        .env("PGOPTIONS", format!("-c search_path={}", b.schema))
+        .output()
+        .await
+        .map_err(|e| format!("pgbench: {e}"))?;
+    let _ = std::fs::remove_file(&script);
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("tps = ")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .ok_or_else(|| {
+            format!(
+                "cannot read pgbench output: {text}{}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+            .into()
+        })
+}
+
+async fn http_overhead(size: Size, http: &reqwest::Client, rows: &mut Vec<Row>) -> Res<()> {
+    use collabd::adapters::memory::MemoryAudit;
+    use collabd::app::{AppState, Backends};
+    let total = if size == Size::Smoke { 2_000 } else { 40_000 };
+    let mut config = collabd::config::Config::defaults();
+    config.rate_limit_enabled = true;
+    config.rate_limit_per_minute_default = 60_000_000;
+    config.rate_limit_burst_default = 4_000_000_000;
+    let state = AppState::new(config, Backends::memory(Arc::new(MemoryAudit::new())));
+    let full = collabd::http::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let bare = axum::Router::new().route(
+        "/healthz",
+        axum::routing::get(|| async { axum::Json(json!({ "status": "ok" })) }),
+    );
+    let full_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let bare_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let (full_addr, bare_addr) = (full_listener.local_addr()?, bare_listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(full_listener, full).await });
+    tokio::spawn(async move { axum::serve(bare_listener, bare).await });
+    let (full_rps, full_mean) = load(
+        http,
+        &format!("http://{full_addr}/healthz"),
+        None,
+        total,
+        32,
+    )
+    .await?;
+    let (bare_rps, bare_mean) = load(
+        http,
+        &format!("http://{bare_addr}/healthz"),
+        None,
+        total,
+        32,
+    )
+    .await?;
+    push(
+        rows,
+        "http",
+        "GET /healthz, full middleware stack".into(),
+        "req/s",
+        full_rps,
+        Some(format!("same handler, no middleware: {bare_rps:.0} req/s")),
+    );
+    push(
+        rows,
+        "http",
+        "mean latency added by the middleware".into(),
+        "ms",
+        (full_mean - bare_mean) * 1e3,
+        None,
+    );
+    Ok(())
+}
+
+fn push(
+    rows: &mut Vec<Row>,
+    scenario: &'static str,
+    measure: String,
+    unit: &'static str,
+    value: f64,
+    ceiling: Option<String>,
+) {
+    match rows
+        .iter_mut()
+        .find(|r| r.scenario == scenario && r.measure == measure)
+    {
+        Some(row) => {
+            row.values.push(value);
+            if ceiling.is_some() {
+                row.ceiling = ceiling;
+            }
+        }
+        None => rows.push(Row {
+            scenario,
+            measure,
+            unit,
+            values: vec![value],
+            ceiling,
+        }),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let repeat = args
+        .repeat
+        .unwrap_or(if args.size == Size::Full { 3 } else { 1 });
+    let all = ["fanout", "connections", "ratelimit", "appends", "http"];
+    let chosen: Vec<&str> = if args.scenario.is_empty() {
+        all.to_vec()
+    } else {
+        all.iter()
+            .copied()
+            .filter(|s| args.scenario.iter().any(|a| a == s))
+            .collect()
+    };
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap();
+    let backing = match Backing::create().await {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("bench: cannot prepare Postgres and Redis: {e}");
+            std::process::exit(1);
+        }
+    };
+    let mut rows = Vec::new();
+    let mut failed = None;
+    'runs: for run in 0..repeat {
+        for scenario in &chosen {
+            eprintln!("bench: run {} of {repeat}: {scenario}", run + 1);
+            let result = match *scenario {
+                "fanout" => fanout(args.size, &backing, &http, &mut rows).await,
+                "connections" => connections(args.size, &http, &mut rows).await,
+                "ratelimit" => ratelimit(args.size, &backing, &http, &mut rows).await,
+                "appends" => appends(args.size, &backing, &http, &mut rows).await,
+                _ => http_overhead(args.size, &http, &mut rows).await,
+            };
+            if let Err(e) = result {
+                failed = Some(format!("{scenario}: {e}"));
+                break 'runs;
+            }
+        }
+    }
+    backing.drop_schema().await;
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    println!(
+        "collabd benchmarks: commit {commit}, size {:?}, {repeat} run(s) each, medians",
+        args.size
+    );
+    println!(
+        "command: {}",
+        std::env::args().collect::<Vec<_>>().join(" ")
+    );
+    println!();
+    println!("| scenario | measure | median | unit | runs | ceiling (same machine, same run) |");
+    println!("| --- | --- | ---: | --- | ---: | --- |");
+    for row in &rows {
+        println!(
+            "| {} | {} | {:.2} | {} | {} | {} |",
+            row.scenario,
+            row.measure,
+            median(&row.values),
+            row.unit,
+            row.values.len(),
+            row.ceiling.as_deref().unwrap_or("-")
+        );
+    }
+    if let Some(error) = failed {
+        eprintln!("bench: failed: {error}");
+        std::process::exit(1);
+    }
+}
