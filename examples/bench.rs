@@ -63,7 +63,8 @@ struct Row {
     measure: String,
     unit: &'static str,
     values: Vec<f64>,
-    ceiling: Option<String>,
+    /// What the ceiling is, and its figure in each run.
+    ceiling: Option<(String, Vec<f64>)>,
 }
 
 fn median(values: &[f64]) -> f64 {
@@ -447,7 +448,7 @@ async fn fanout(size: Size, b: &Backing, http: &reqwest::Client, rows: &mut Vec<
         &["PUBLISH", "collabd-bench-ceiling", &"x".repeat(400)],
     )
     .await?;
-    let ceiling = Some(format!("redis-benchmark PUBLISH: {ceiling:.0} msg/s"));
+    let ceiling = Some(Ceiling("redis-benchmark PUBLISH, msg/s".into(), ceiling));
     let label = format!("{writers} writers, {watchers} watchers on 3 replicas");
     push(
         rows,
@@ -611,8 +612,9 @@ async fn ratelimit(
         "limit decisions/s through the HTTP middleware".into(),
         "req/s",
         rps_on,
-        Some(format!(
-            "redis-benchmark EVALSHA gcra.lua: {ceiling:.0} calls/s"
+        Some(Ceiling(
+            "redis-benchmark EVALSHA gcra.lua, calls/s".into(),
+            ceiling,
         )),
     );
     push(
@@ -663,7 +665,10 @@ async fn appends(size: Size, b: &Backing, http: &reqwest::Client, rows: &mut Vec
             format!("durable appends/s, {label}, {concurrency} writers"),
             "ops/s",
             rate,
-            Some(format!("pgbench, same transaction shape: {ceiling:.0} tps")),
+            Some(Ceiling(
+                "pgbench, same transaction shape, tps".into(),
+                ceiling,
+            )),
         );
     }
     Ok(())
@@ -752,29 +757,32 @@ async fn http_overhead(size: Size, http: &reqwest::Client, rows: &mut Vec<Row>) 
     let (full_addr, bare_addr) = (full_listener.local_addr()?, bare_listener.local_addr()?);
     tokio::spawn(async move { axum::serve(full_listener, full).await });
     tokio::spawn(async move { axum::serve(bare_listener, bare).await });
-    let (full_rps, full_mean) = load(
-        http,
-        &format!("http://{full_addr}/healthz"),
-        None,
-        total,
-        32,
-    )
-    .await?;
-    let (bare_rps, bare_mean) = load(
-        http,
-        &format!("http://{bare_addr}/healthz"),
-        None,
-        total,
-        32,
-    )
-    .await?;
+    // Warm both up, then measure in alternating order from run to run, so
+    // neither always goes first on a noisy machine.
+    let full_url = format!("http://{full_addr}/healthz");
+    let bare_url = format!("http://{bare_addr}/healthz");
+    load(http, &full_url, None, total / 10, 32).await?;
+    load(http, &bare_url, None, total / 10, 32).await?;
+    let bare_first = rows
+        .iter()
+        .any(|r| r.scenario == "http" && r.values.len() % 2 == 1);
+    let ((full_rps, full_mean), (bare_rps, bare_mean)) = if bare_first {
+        let bare = load(http, &bare_url, None, total, 32).await?;
+        (load(http, &full_url, None, total, 32).await?, bare)
+    } else {
+        let full = load(http, &full_url, None, total, 32).await?;
+        (full, load(http, &bare_url, None, total, 32).await?)
+    };
     push(
         rows,
         "http",
         "GET /healthz, full middleware stack".into(),
         "req/s",
         full_rps,
-        Some(format!("same handler, no middleware: {bare_rps:.0} req/s")),
+        Some(Ceiling(
+            "same handler, no middleware, req/s".into(),
+            bare_rps,
+        )),
     );
     push(
         rows,
@@ -787,31 +795,40 @@ async fn http_overhead(size: Size, http: &reqwest::Client, rows: &mut Vec<Row>) 
     Ok(())
 }
 
+/// One ceiling figure: what was run, and its value.
+struct Ceiling(String, f64);
+
 fn push(
     rows: &mut Vec<Row>,
     scenario: &'static str,
     measure: String,
     unit: &'static str,
     value: f64,
-    ceiling: Option<String>,
+    ceiling: Option<Ceiling>,
 ) {
-    match rows
-        .iter_mut()
-        .find(|r| r.scenario == scenario && r.measure == measure)
+    let index = match rows
+        .iter()
+        .position(|r| r.scenario == scenario && r.measure == measure)
     {
-        Some(row) => {
-            row.values.push(value);
-            if ceiling.is_some() {
-                row.ceiling = ceiling;
-            }
+        Some(i) => i,
+        None => {
+            rows.push(Row {
+                scenario,
+                measure,
+                unit,
+                values: Vec::new(),
+                ceiling: None,
+            });
+            rows.len() - 1
         }
-        None => rows.push(Row {
-            scenario,
-            measure,
-            unit,
-            values: vec![value],
-            ceiling,
-        }),
+    };
+    let row = &mut rows[index];
+    row.values.push(value);
+    if let Some(Ceiling(label, figure)) = ceiling {
+        row.ceiling
+            .get_or_insert_with(|| (label, Vec::new()))
+            .1
+            .push(figure);
     }
 }
 
@@ -885,7 +902,10 @@ async fn main() {
             median(&row.values),
             row.unit,
             row.values.len(),
-            row.ceiling.as_deref().unwrap_or("-")
+            row.ceiling
+                .as_ref()
+                .map(|(label, figures)| format!("{label}: {:.0}", median(figures)))
+                .unwrap_or_else(|| "-".into())
         );
     }
     if let Some(error) = failed {
