@@ -146,6 +146,12 @@ pub enum StartError {
     Backend(#[from] crate::error::Error),
     #[error("database migrations: {0}")]
     Migrate(#[from] MigrateError),
+    #[error("cannot listen on {addr} ({variable}): {source}")]
+    Bind {
+        variable: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -390,8 +396,17 @@ fn spawn_background(state: &AppState) -> CancellationToken {
 pub async fn serve(config: Config) -> Result<(), StartError> {
     let backends = Backends::from_config(&config).await?;
     let addr = SocketAddr::new(config.host, config.port);
-    let listener = TcpListener::bind(addr).await?;
-    let management = TcpListener::bind(config.metrics_addr).await?;
+    let bind = |variable: &'static str, addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                variable,
+                addr,
+                source,
+            })
+    };
+    let listener = bind("HOST/PORT", addr).await?;
+    let management = bind("METRICS_ADDR", config.metrics_addr).await?;
     // Before "listening" is announced: from then on SIGTERM means drain.
     let shutdown = shutdown_signal();
     let what = match backends.mode {

@@ -280,3 +280,16 @@ async fn the_console_exporter_prints_spans_with_the_callers_trace() {
     server.wait_for(|l| l.contains(trace_id) && serde_json::from_str::<Value>(l).is_err());
     assert!(server.terminate().success());
 }
+
+#[test]
+fn a_taken_port_is_named_in_one_line() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (ok, stderr) = stderr_of(collabd().env("PORT", "0").env("METRICS_ADDR", &addr));
+    assert!(!ok);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("METRICS_ADDR") && stderr.contains(&addr),
+        "{stderr}"
+    );
+}
