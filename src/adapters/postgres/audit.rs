@@ -3,24 +3,20 @@
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
 
-use super::{db_error, pool_error, timed};
+use super::{db_error, Db};
 use crate::audit::AuditRecord;
 use crate::error::Error;
 use crate::ports::AuditSink;
 use crate::telemetry::Metrics;
 
 pub struct PostgresAudit {
-    pool: Pool,
-    timeout: std::time::Duration,
-    metrics: Metrics,
+    db: Db,
 }
 
 impl PostgresAudit {
     pub fn new(pool: Pool, timeout: std::time::Duration, metrics: Metrics) -> Self {
         PostgresAudit {
-            pool,
-            timeout,
-            metrics,
+            db: Db::new(pool, timeout, metrics),
         }
     }
 }
@@ -28,57 +24,55 @@ impl PostgresAudit {
 #[async_trait]
 impl AuditSink for PostgresAudit {
     async fn record(&self, r: &AuditRecord) -> Result<(), Error> {
-        let started = std::time::Instant::now();
-        let result = timed(self.timeout, async {
-            let client = self.pool.get().await.map_err(pool_error)?;
-            let statement = client
-                .prepare_cached(
-                    "INSERT INTO audit_events
+        self.db
+            .timed("audit_insert", async {
+                let client = self.db.conn().await?;
+                let statement = client
+                    .prepare_cached(
+                        "INSERT INTO audit_events
                          (id, ts, request_id, user_id, action, draft_id, metadata, ip, user_agent)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                )
-                .await
-                .map_err(db_error)?;
-            client
-                .execute(
-                    &statement,
-                    &[
-                        &r.id,
-                        &r.ts,
-                        &r.request_id,
-                        &r.user_id,
-                        &r.action.as_str(),
-                        &r.draft_id,
-                        &r.metadata,
-                        &r.ip,
-                        &r.user_agent,
-                    ],
-                )
-                .await
-                .map_err(db_error)?;
-            Ok(())
-        })
-        .await;
-        self.metrics
-            .db_query("audit_insert", started.elapsed().as_secs_f64());
-        result
+                    )
+                    .await
+                    .map_err(db_error)?;
+                client
+                    .execute(
+                        &statement,
+                        &[
+                            &r.id,
+                            &r.ts,
+                            &r.request_id,
+                            &r.user_id,
+                            &r.action.as_str(),
+                            &r.draft_id,
+                            &r.metadata,
+                            &r.ip,
+                            &r.user_agent,
+                        ],
+                    )
+                    .await
+                    .map_err(db_error)?;
+                Ok(())
+            })
+            .await
     }
 
     /// The planner's estimate: counting an append-only log exactly would scan it.
     async fn count(&self) -> Result<u64, Error> {
-        timed(self.timeout, async {
-            let client = self.pool.get().await.map_err(pool_error)?;
-            let row = client
-                .query_one(
-                    "SELECT coalesce((SELECT reltuples::bigint FROM pg_class
+        self.db
+            .timed("audit_count", async {
+                let client = self.db.conn().await?;
+                let row = client
+                    .query_one(
+                        "SELECT coalesce((SELECT reltuples::bigint FROM pg_class
                                        WHERE oid = to_regclass('audit_events')), 0)",
-                    &[],
-                )
-                .await
-                .map_err(db_error)?;
-            let estimate: i64 = row.get(0);
-            Ok(estimate.max(0) as u64)
-        })
-        .await
+                        &[],
+                    )
+                    .await
+                    .map_err(db_error)?;
+                let estimate: i64 = row.get(0);
+                Ok(estimate.max(0) as u64)
+            })
+            .await
     }
 }

@@ -102,13 +102,50 @@ pub fn sample_pool(pool: &Pool, metrics: &crate::telemetry::Metrics) {
     );
 }
 
-/// Runs a store operation with a deadline, so a hung connection cannot hold a
-/// request forever.
-pub(crate) async fn timed<T>(
-    limit: Duration,
-    op: impl std::future::Future<Output = Result<T, Error>>,
-) -> Result<T, Error> {
-    tokio::time::timeout(limit, op)
-        .await
-        .unwrap_or_else(|_| Err(Error::unavailable("postgres: operation timed out")))
+/// A pool with what every Postgres adapter applies to it: a deadline per
+/// operation and the `db_*` metrics.
+#[derive(Clone)]
+pub(crate) struct Db {
+    pool: Pool,
+    /// Deadline for one operation, including waiting for a connection.
+    timeout: Duration,
+    metrics: crate::telemetry::Metrics,
+}
+
+impl Db {
+    pub(crate) fn new(pool: Pool, timeout: Duration, metrics: crate::telemetry::Metrics) -> Self {
+        Db {
+            pool,
+            timeout,
+            metrics,
+        }
+    }
+
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Runs one operation under the deadline, so a hung connection cannot
+    /// hold a request forever, and times it by name.
+    pub(crate) async fn timed<T>(
+        &self,
+        query: &'static str,
+        op: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(self.timeout, op)
+            .await
+            .unwrap_or_else(|_| Err(Error::unavailable("postgres: operation timed out")));
+        self.metrics
+            .db_query(query, started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// A pooled connection, timing the wait.
+    pub(crate) async fn conn(&self) -> Result<deadpool_postgres::Object, Error> {
+        let started = std::time::Instant::now();
+        let conn = self.pool.get().await.map_err(pool_error);
+        self.metrics.db_pool_wait(started.elapsed().as_secs_f64());
+        conn
+    }
 }

@@ -4,7 +4,7 @@
 //! event and the new head together. Concurrent writers on any replica queue
 //! on the row lock, so seq n always commits before n+1.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Pool};
@@ -12,7 +12,7 @@ use tokio_postgres::Row;
 use tracing::instrument;
 use uuid::Uuid;
 
-use super::{db_error, pool_error, timed};
+use super::{db_error, Db};
 use crate::collab::model::{
     now, Change, Collaborator, Decision, Draft, DraftSnapshot, Event, EventType, Outcome, Role,
     Segment,
@@ -34,44 +34,18 @@ const SEGMENT_COLUMNS: &str = "id, draft_id, seq, author_id, content, idempotenc
 
 #[derive(Clone)]
 pub struct PostgresStore {
-    pool: Pool,
-    /// Deadline for one store operation, including waiting for a connection.
-    timeout: Duration,
-    metrics: Metrics,
+    db: Db,
 }
 
 impl PostgresStore {
     pub fn new(pool: Pool, timeout: Duration, metrics: Metrics) -> Self {
         PostgresStore {
-            pool,
-            timeout,
-            metrics,
+            db: Db::new(pool, timeout, metrics),
         }
     }
 
-    /// Runs one store operation under the deadline, timing it by name.
-    async fn timed<T>(
-        &self,
-        query: &'static str,
-        op: impl std::future::Future<Output = Result<T, Error>>,
-    ) -> Result<T, Error> {
-        let started = Instant::now();
-        let result = timed(self.timeout, op).await;
-        self.metrics
-            .db_query(query, started.elapsed().as_secs_f64());
-        result
-    }
-
-    /// A pooled connection, timing the wait.
-    async fn conn(&self) -> Result<deadpool_postgres::Object, Error> {
-        let started = Instant::now();
-        let conn = self.pool.get().await.map_err(pool_error);
-        self.metrics.db_pool_wait(started.elapsed().as_secs_f64());
-        conn
-    }
-
     pub fn pool(&self) -> &Pool {
-        &self.pool
+        self.db.pool()
     }
 }
 
@@ -163,10 +137,11 @@ async fn load_draft(client: &impl GenericClient, id: Uuid) -> Result<Option<Draf
 impl Store for PostgresStore {
     #[instrument(skip_all, fields(draft_id = %draft.id))]
     async fn create_draft(&self, draft: &Draft) -> Result<(), Error> {
-        self.timed("create_draft", async {
-            let mut client = self.conn().await?;
-            let tx = client.transaction().await.map_err(db_error)?;
-            tx.execute(
+        self.db
+            .timed("create_draft", async {
+                let mut client = self.db.conn().await?;
+                let tx = client.transaction().await.map_err(db_error)?;
+                tx.execute(
                 "INSERT INTO drafts (id, title, owner_id, ring_holder, seq, created_at, updated_at)
                  VALUES ($1, $2, $3, $4, 0, $5, $6)",
                 &[
@@ -180,93 +155,97 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(db_error)?;
-            for (position, c) in draft.collaborators.iter().enumerate() {
-                tx.execute(
-                    "INSERT INTO collaborators (draft_id, user_id, role, position, added_at)
+                for (position, c) in draft.collaborators.iter().enumerate() {
+                    tx.execute(
+                        "INSERT INTO collaborators (draft_id, user_id, role, position, added_at)
                      VALUES ($1, $2, $3, $4, $5)",
-                    &[
-                        &draft.id,
-                        &c.user_id,
-                        &c.role.as_str(),
-                        &(position as i32),
-                        &draft.created_at,
-                    ],
-                )
-                .await
-                .map_err(db_error)?;
-            }
-            tx.commit().await.map_err(db_error)
-        })
-        .await
+                        &[
+                            &draft.id,
+                            &c.user_id,
+                            &c.role.as_str(),
+                            &(position as i32),
+                            &draft.created_at,
+                        ],
+                    )
+                    .await
+                    .map_err(db_error)?;
+                }
+                tx.commit().await.map_err(db_error)
+            })
+            .await
     }
 
     #[instrument(skip_all, fields(draft_id = %id))]
     async fn get_draft(&self, id: Uuid) -> Result<Option<Draft>, Error> {
-        self.timed("get_draft", async {
-            let client = self.conn().await?;
-            load_draft(&client, id).await
-        })
-        .await
+        self.db
+            .timed("get_draft", async {
+                let client = self.db.conn().await?;
+                load_draft(&client, id).await
+            })
+            .await
     }
 
     #[instrument(skip_all)]
     async fn drafts_for_user(&self, user_id: &str) -> Result<Vec<Draft>, Error> {
-        self.timed("drafts_for_user", async {
-            let client = self.conn().await?;
-            let sql = format!(
-                "{DRAFT_SELECT}
+        self.db
+            .timed("drafts_for_user", async {
+                let client = self.db.conn().await?;
+                let sql = format!(
+                    "{DRAFT_SELECT}
                  WHERE d.id IN (SELECT draft_id FROM collaborators WHERE user_id = $1)
                  GROUP BY d.id
                  ORDER BY d.created_at, d.id"
-            );
-            let statement = client.prepare_cached(&sql).await.map_err(db_error)?;
-            let rows = client
-                .query(&statement, &[&user_id])
-                .await
-                .map_err(db_error)?;
-            rows.iter().map(draft_from).collect()
-        })
-        .await
+                );
+                let statement = client.prepare_cached(&sql).await.map_err(db_error)?;
+                let rows = client
+                    .query(&statement, &[&user_id])
+                    .await
+                    .map_err(db_error)?;
+                rows.iter().map(draft_from).collect()
+            })
+            .await
     }
 
     #[instrument(skip_all, fields(draft_id = %draft_id))]
     async fn segments(&self, draft_id: Uuid, page: Page) -> Result<Vec<Segment>, Error> {
-        self.timed("segments", async {
-            let client = self.conn().await?;
-            let sql = format!(
-                "SELECT {SEGMENT_COLUMNS} FROM segments
+        self.db
+            .timed("segments", async {
+                let client = self.db.conn().await?;
+                let sql = format!(
+                    "SELECT {SEGMENT_COLUMNS} FROM segments
                   WHERE draft_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
-            );
-            let statement = client.prepare_cached(&sql).await.map_err(db_error)?;
-            let after = page.after.min(i64::MAX as u64) as i64;
-            let rows = client
-                .query(&statement, &[&draft_id, &after, &(page.limit as i64)])
-                .await
-                .map_err(db_error)?;
-            Ok(rows.iter().map(segment_from).collect())
-        })
-        .await
+                );
+                let statement = client.prepare_cached(&sql).await.map_err(db_error)?;
+                let after = page.after.min(i64::MAX as u64) as i64;
+                let rows = client
+                    .query(&statement, &[&draft_id, &after, &(page.limit as i64)])
+                    .await
+                    .map_err(db_error)?;
+                Ok(rows.iter().map(segment_from).collect())
+            })
+            .await
     }
 
     #[instrument(skip_all, fields(draft_id = %draft_id))]
     async fn events(&self, draft_id: Uuid, page: Page) -> Result<Vec<Event>, Error> {
-        self.timed("events", async {
-            let client = self.conn().await?;
-            let statement = client
-                .prepare_cached(
-                    "SELECT draft_id, seq, type, request_id, ts, data FROM events
+        self.db
+            .timed("events", async {
+                let client = self.db.conn().await?;
+                let statement = client
+                    .prepare_cached(
+                        "SELECT draft_id, seq, type, request_id, ts, data FROM events
                       WHERE draft_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-                )
-                .await
-                .map_err(db_error)?;
-            let after = page.after.min(i64::MAX as u64) as i64;
-            let rows = client
-                .query(&statement, &[&draft_id, &after, &(page.limit as i64)])
-                .await
-                .map_err(db_error)?;
-            rows.iter().map(event_from).collect()
-        })
-        .await
+                    )
+                    .await
+                    .map_err(db_error)?;
+                let after = page.after.min(i64::MAX as u64) as i64;
+                let rows = client
+                    .query(&statement, &[&draft_id, &after, &(page.limit as i64)])
+                    .await
+                    .map_err(db_error)?;
+                rows.iter().map(event_from).collect()
+            })
+            .await
     }
 
     #[instrument(skip_all, fields(draft_id = %draft_id))]
@@ -277,8 +256,8 @@ impl Store for PostgresStore {
         request_id: &str,
         decide: Decide<'_>,
     ) -> Result<Outcome, Error> {
-        self.timed("mutate", async {
-            let mut client = self.conn().await?;
+        self.db.timed("mutate", async {
+            let mut client = self.db.conn().await?;
             let tx = client.transaction().await.map_err(db_error)?;
             let lock = tx
                 .prepare_cached("SELECT segment_count FROM drafts WHERE id = $1 FOR UPDATE")
@@ -371,29 +350,31 @@ impl Store for PostgresStore {
     }
 
     async fn counts(&self) -> Result<StoreCounts, Error> {
-        self.timed("counts", async {
-            let client = self.conn().await?;
-            let row = client
-                .query_one(
-                    "SELECT count(*), coalesce(sum(segment_count), 0)::bigint FROM drafts",
-                    &[],
-                )
-                .await
-                .map_err(db_error)?;
-            Ok(StoreCounts {
-                drafts: seq_of(row.get(0)),
-                segments: seq_of(row.get(1)),
+        self.db
+            .timed("counts", async {
+                let client = self.db.conn().await?;
+                let row = client
+                    .query_one(
+                        "SELECT count(*), coalesce(sum(segment_count), 0)::bigint FROM drafts",
+                        &[],
+                    )
+                    .await
+                    .map_err(db_error)?;
+                Ok(StoreCounts {
+                    drafts: seq_of(row.get(0)),
+                    segments: seq_of(row.get(1)),
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn ping(&self) -> Result<(), Error> {
-        self.timed("ping", async {
-            let client = self.conn().await?;
-            client.simple_query("SELECT 1").await.map_err(db_error)?;
-            Ok(())
-        })
-        .await
+        self.db
+            .timed("ping", async {
+                let client = self.db.conn().await?;
+                client.simple_query("SELECT 1").await.map_err(db_error)?;
+                Ok(())
+            })
+            .await
     }
 }
