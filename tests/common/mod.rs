@@ -418,6 +418,22 @@ impl Drop for TestApp {
     }
 }
 
+/// Runs cleanup from a `Drop`: on a fresh runtime on its own thread (a drop
+/// may happen inside a test's runtime), waiting for it to finish.
+pub fn cleanup<F>(work: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let _ = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(work);
+    })
+    .join();
+}
+
 /// Waits for a future, failing the test after `DEADLINE`.
 pub async fn within<F: Future>(future: F) -> F::Output {
     tokio::time::timeout(DEADLINE, future)

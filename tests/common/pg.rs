@@ -178,29 +178,20 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         let schema = self.schema.clone();
-        // A fresh runtime on its own thread: this may run inside a test's runtime.
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let Ok((client, connection)) = tokio_postgres::connect(&base_url(), NoTls).await
-                else {
-                    return;
-                };
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                });
-                // Never wait long on a lock an aborted server still holds;
-                // the sweep of a later run drops what is left.
-                let _ = client
-                    .batch_execute(&format!(
-                        "SET lock_timeout = '2s'; DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
-                    ))
-                    .await;
+        super::cleanup(async move {
+            let Ok((client, connection)) = tokio_postgres::connect(&base_url(), NoTls).await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let _ = connection.await;
             });
+            // Never wait long on a lock an aborted server still holds;
+            // the sweep of a later run drops what is left.
+            let _ = client
+                .batch_execute(&format!(
+                    "SET lock_timeout = '2s'; DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+                ))
+                .await;
         });
-        let _ = cleanup.join();
     }
 }

@@ -77,20 +77,11 @@ impl TestPrefix {
 impl Drop for TestPrefix {
     fn drop(&mut self) {
         let prefix = self.prefix.clone();
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(5),
-                    delete_prefix(&base_url(), &prefix),
-                )
-                .await;
-            });
-        })
-        .join();
+        super::cleanup(async move {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), delete_prefix(&base_url(), &prefix))
+                    .await;
+        });
     }
 }
 
