@@ -14,7 +14,10 @@
 //! `redis-benchmark` EVALSHA of lua/gcra.lua, and the latency limits add),
 //! appends (durable appends per second to one draft and to many, against
 //! `pgbench` running the equivalent transaction), http (a read route with the
-//! full middleware stack against the same handler with none).
+//! full middleware stack against the same handler with none), soak (three
+//! replicas under a constant append rate for `--minutes`, RSS of each sampled
+//! from /proc, the slope per million deliveries against its bound; with
+//! `--scrape-seconds N` something scrapes /metrics meanwhile).
 //!
 //! Needs Postgres and Redis: BENCH_DATABASE_URL (a server URL ending in a
 //! database, default postgres://postgres@127.0.0.1:5432/collabd_test) and
@@ -47,12 +50,22 @@ enum Size {
 struct Args {
     #[arg(long, value_enum, default_value = "smoke")]
     size: Size,
-    /// Run only these scenarios (fanout, connections, ratelimit, appends, http).
+    /// Run only these scenarios (fanout, connections, ratelimit, appends, http,
+    /// soak). Without it: all of them, the soak only at smoke size.
     #[arg(long)]
     scenario: Vec<String>,
     /// Runs per scenario (default: 1 for smoke, 3 for full); figures are medians.
     #[arg(long)]
     repeat: Option<usize>,
+    /// How long the soak scenario runs (a smoke soak runs one minute at most).
+    #[arg(long, default_value_t = 30.0)]
+    minutes: f64,
+    /// Scrape every replica's /metrics this often during the soak (0: never).
+    #[arg(long, default_value_t = 0)]
+    scrape_seconds: u64,
+    /// Soak one standalone replica instead of three in cluster mode.
+    #[arg(long)]
+    standalone: bool,
 }
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -747,7 +760,8 @@ async fn http_overhead(size: Size, http: &reqwest::Client, rows: &mut Vec<Row>) 
     config.rate_limit_per_minute_default = 60_000_000;
     config.rate_limit_burst_default = 4_000_000_000;
     let state = AppState::new(config, Backends::memory(Arc::new(MemoryAudit::new())));
-    let full = collabd::http::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let full =
+        collabd::app::public_router(state).into_make_service_with_connect_info::<SocketAddr>();
     let bare = axum::Router::new().route(
         "/healthz",
         axum::routing::get(|| async { axum::Json(json!({ "status": "ok" })) }),
@@ -795,6 +809,384 @@ async fn http_overhead(size: Size, http: &reqwest::Client, rows: &mut Vec<Row>) 
     Ok(())
 }
 
+// ---------- soak: memory under a steady load ----------
+
+/// Soak settings: how long, and whether something scrapes `/metrics`.
+#[derive(Clone, Copy, Debug)]
+struct SoakArgs {
+    minutes: f64,
+    scrape_every: Option<Duration>,
+    /// One standalone replica, which keeps every event in memory by design:
+    /// the figure is then the memory each stored event costs.
+    standalone: bool,
+}
+
+/// Resident memory of a process, from /proc.
+fn rss_bytes(pid: u32) -> Res<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .ok_or("no VmRSS in /proc/PID/status")?;
+    Ok(kb * 1024.0)
+}
+
+/// Least-squares slope of y over x.
+fn slope(points: &[(f64, f64)]) -> f64 {
+    let n = points.len() as f64;
+    let (mx, my) = points
+        .iter()
+        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x / n, b + y / n));
+    let (num, den) = points.iter().fold((0.0, 0.0), |(num, den), (x, y)| {
+        (num + (x - mx) * (y - my), den + (x - mx) * (x - mx))
+    });
+    if den == 0.0 {
+        0.0
+    } else {
+        num / den
+    }
+}
+
+/// The growth a soak accepts, per replica: this many bytes per million
+/// deliveries over the measured window (the last third of the run), unless
+/// the whole growth in that window stays under the noise floor (allocator
+/// arenas and page-grained RSS move by a few hundred KB on their own). The
+/// leak this guards against grew ~6 MB per million deliveries.
+const SOAK_BOUND_PER_MILLION: f64 = 1024.0 * 1024.0;
+const SOAK_NOISE_FLOOR: f64 = 2.0 * 1024.0 * 1024.0;
+
+/// A watcher that reads every frame and checks the seqs: each once, in order.
+fn spawn_watcher(
+    mut socket: Socket,
+    delivered: Arc<std::sync::atomic::AtomicU64>,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<Res<()>> {
+    tokio::spawn(async move {
+        let mut last = 0u64;
+        loop {
+            let frame = tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                frame = tokio::time::timeout(Duration::from_secs(60), socket.next()) => frame,
+            };
+            let text = match frame {
+                Ok(Some(Ok(Message::Text(text)))) => text,
+                Ok(Some(Ok(_))) => continue,
+                other => return Err(format!("watcher stopped: {other:?}").into()),
+            };
+            let value: Value = serde_json::from_str(text.as_str())?;
+            let Some(seq) = value["seq"].as_u64() else {
+                continue;
+            };
+            if seq != last + 1 {
+                return Err(format!("watcher saw seq {seq} after {last}").into());
+            }
+            last = seq;
+            delivered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    })
+}
+
+/// A socket that reads one frame every two seconds, slower than events
+/// arrive, through a tiny receive buffer: its replica's outbound queue fills
+/// and the replica kicks it as a slow consumer; it then reconnects, for as
+/// long as the soak lasts.
+fn spawn_slow_consumer(
+    api: SocketAddr,
+    draft: String,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<Res<()>> {
+    tokio::spawn(async move {
+        while !stop.is_cancelled() {
+            let tcp = tokio::net::TcpSocket::new_v4()?;
+            tcp.set_recv_buffer_size(2048)?;
+            let stream = tcp.connect(api).await?;
+            let mut request =
+                format!("ws://{api}/v1/collab/drafts/{draft}/ws").into_client_request()?;
+            request.headers_mut().insert(
+                "authorization",
+                format!("Bearer {}", token("alice")).parse()?,
+            );
+            let (mut socket, _) = tokio_tungstenite::client_async(request, stream).await?;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+                match socket.next().await {
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                    Some(Ok(_)) => {}
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Three replicas in cluster mode under a constant append rate with watchers
+/// on every replica (and a slow consumer per draft, kicked now and then);
+/// RSS of each replica sampled from /proc, so sampling never runs the
+/// metrics upkeep itself. Fails when a replica grows faster than the bound.
+async fn soak(
+    size: Size,
+    args: SoakArgs,
+    b: &Backing,
+    http: &reqwest::Client,
+    rows: &mut Vec<Row>,
+) -> Res<()> {
+    let (drafts, watchers_per_draft, appends_per_second) = match size {
+        Size::Smoke => (2, 15, 20.0),
+        Size::Full => (4, 250, 100.0),
+    };
+    let minutes = if size == Size::Smoke {
+        args.minutes.min(1.0)
+    } else {
+        args.minutes
+    };
+    let duration = Duration::from_secs_f64(minutes * 60.0);
+    let sample_every = Duration::from_secs_f64((duration.as_secs_f64() / 30.0).clamp(2.0, 30.0));
+    let n = if args.standalone { 1 } else { 3 };
+    let mut replicas = Vec::new();
+    for _ in 0..n {
+        let mut env = if args.standalone {
+            Vec::new()
+        } else {
+            cluster_env(b)
+        };
+        env.push(("WS_OUTBOUND_QUEUE", "32".into()));
+        replicas.push(Replica::start(&env).await?);
+    }
+    let pids: Vec<u32> = replicas
+        .iter()
+        .map(|r| r.child.id().ok_or("replica exited"))
+        .collect::<Result<_, _>>()?;
+    let baseline = pids
+        .iter()
+        .map(|p| rss_bytes(*p))
+        .collect::<Res<Vec<f64>>>()?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let delivered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    let mut draft_ids = Vec::new();
+    for d in 0..drafts {
+        let draft = create_draft(http, replicas[d % n].api, &format!("soak {d}")).await?;
+        for w in 0..watchers_per_draft {
+            let socket = watch(replicas[w % n].api, &draft).await?;
+            tasks.push(spawn_watcher(socket, delivered.clone(), stop.clone()));
+        }
+        tasks.push(spawn_slow_consumer(
+            replicas[d % n].api,
+            draft.clone(),
+            stop.clone(),
+        ));
+        draft_ids.push(draft);
+    }
+    let per_draft = Duration::from_secs_f64(drafts as f64 / appends_per_second);
+    for (d, draft) in draft_ids.iter().enumerate() {
+        let (http, draft, api, stop) = (
+            http.clone(),
+            draft.clone(),
+            replicas[(d + 1) % n].api,
+            stop.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(per_draft);
+            let mut n = 0u64;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return Ok(()),
+                    _ = tick.tick() => {}
+                }
+                n += 1;
+                append(
+                    &http,
+                    api,
+                    &draft,
+                    &format!("soak segment {n} {}", "x".repeat(200)),
+                )
+                .await?;
+            }
+        }));
+    }
+    if let Some(every) = args.scrape_every {
+        let targets: Vec<SocketAddr> = replicas.iter().map(|r| r.metrics).collect();
+        let (http, stop) = (http.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return Ok(()),
+                    _ = tick.tick() => {}
+                }
+                for target in &targets {
+                    http.get(format!("http://{target}/metrics"))
+                        .send()
+                        .await?
+                        .bytes()
+                        .await?;
+                }
+            }
+        }));
+    }
+    // (deliveries so far, RSS of each replica), sampled at a steady pace.
+    let mut samples: Vec<(f64, Vec<f64>)> = Vec::new();
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(sample_every);
+    while started.elapsed() < duration {
+        tick.tick().await;
+        if let Some(failed) = tasks.iter().position(|t| t.is_finished()) {
+            stop.cancel();
+            return Err(format!(
+                "soak task {failed} ended early: {:?}",
+                tasks.remove(failed).await?
+            )
+            .into());
+        }
+        let count = delivered.load(std::sync::atomic::Ordering::Relaxed) as f64;
+        let rss = pids
+            .iter()
+            .map(|p| rss_bytes(*p))
+            .collect::<Res<Vec<f64>>>()?;
+        eprintln!(
+            "soak: {:>6.0} s {:>10.0} deliveries  RSS MB {}",
+            started.elapsed().as_secs_f64(),
+            count,
+            rss.iter()
+                .map(|r| format!("{:.1}", r / 1e6))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        samples.push((count, rss));
+    }
+    stop.cancel();
+    for task in tasks {
+        task.await??;
+    }
+    let kicked = {
+        let mut total = 0.0;
+        for r in &replicas {
+            total += r
+                .metric(http, "ws_disconnects_total{reason=\"slow_consumer\"}")
+                .await?;
+        }
+        total
+    };
+    // The load has stopped and every socket is closed; give the replicas a
+    // moment to drop their rooms and buffers, then see what is left.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = pids
+        .iter()
+        .map(|p| rss_bytes(*p))
+        .collect::<Res<Vec<f64>>>()?;
+    let window = &samples[samples.len() * 2 / 3..];
+    let deliveries = window.last().map(|s| s.0).unwrap_or(0.0) - window[0].0;
+    let mut worst = 0.0f64;
+    let mut failures = Vec::new();
+    for (i, _) in pids.iter().enumerate() {
+        let points: Vec<(f64, f64)> = window.iter().map(|(x, rss)| (*x, rss[i])).collect();
+        let per_million = slope(&points) * 1e6;
+        let growth = per_million * deliveries / 1e6;
+        worst = worst.max(per_million);
+        if per_million > SOAK_BOUND_PER_MILLION && growth > SOAK_NOISE_FLOOR {
+            failures.push(format!(
+                "replica {i} grew {:.0} KB per million deliveries ({:.0} KB over the last third)",
+                per_million / 1024.0,
+                growth / 1024.0
+            ));
+        }
+    }
+    let scraped = match args.scrape_every {
+        Some(every) => format!("scraped every {} s", every.as_secs()),
+        None => "never scraped".into(),
+    };
+    let mode = if args.standalone {
+        "1 standalone replica"
+    } else {
+        "3 replicas"
+    };
+    let label = format!(
+        "{mode}, {drafts} drafts x {watchers_per_draft} watchers, {appends_per_second} appends/s, {minutes} min, {scraped}"
+    );
+    push(
+        rows,
+        "soak",
+        format!("deliveries ({label})"),
+        "count",
+        delivered.load(std::sync::atomic::Ordering::Relaxed) as f64,
+        None,
+    );
+    push(
+        rows,
+        "soak",
+        "slow consumers kicked".into(),
+        "count",
+        kicked,
+        None,
+    );
+    let last = samples.last().map(|s| s.1.clone()).unwrap_or_default();
+    push(
+        rows,
+        "soak",
+        "RSS per replica at the end (largest)".into(),
+        "MB",
+        last.iter().cloned().fold(0.0, f64::max) / 1e6,
+        None,
+    );
+    push(
+        rows,
+        "soak",
+        "RSS per replica before the load (largest)".into(),
+        "MB",
+        baseline.iter().cloned().fold(0.0, f64::max) / 1e6,
+        None,
+    );
+    push(
+        rows,
+        "soak",
+        "RSS per replica after the load stopped and sockets closed (largest)".into(),
+        "MB",
+        after.iter().cloned().fold(0.0, f64::max) / 1e6,
+        None,
+    );
+    push(
+        rows,
+        "soak",
+        "RSS growth over the last third (worst replica)".into(),
+        "KB",
+        worst * deliveries / 1e6 / 1024.0,
+        Some(Ceiling("noise floor, KB".into(), SOAK_NOISE_FLOOR / 1024.0)),
+    );
+    push(
+        rows,
+        "soak",
+        "RSS slope over the last third (worst replica)".into(),
+        "KB/M deliveries",
+        worst / 1024.0,
+        Some(Ceiling(
+            "bound, KB per million deliveries".into(),
+            SOAK_BOUND_PER_MILLION / 1024.0,
+        )),
+    );
+    if args.standalone {
+        // Every delivery on the one replica is one of `watchers_per_draft`
+        // copies of a stored event; the store grows by design.
+        push(
+            rows,
+            "soak",
+            "RSS per stored event (standalone keeps every event)".into(),
+            "bytes",
+            worst / 1e6 * watchers_per_draft as f64,
+            None,
+        );
+        return Ok(());
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures.join("; ").into())
+    }
+}
+
 /// One ceiling figure: what was run, and its value.
 struct Ceiling(String, f64);
 
@@ -838,9 +1230,19 @@ async fn main() {
     let repeat = args
         .repeat
         .unwrap_or(if args.size == Size::Full { 3 } else { 1 });
-    let all = ["fanout", "connections", "ratelimit", "appends", "http"];
+    let all = [
+        "fanout",
+        "connections",
+        "ratelimit",
+        "appends",
+        "http",
+        "soak",
+    ];
     let chosen: Vec<&str> = if args.scenario.is_empty() {
-        all.to_vec()
+        all.iter()
+            .copied()
+            .filter(|s| *s != "soak" || args.size == Size::Smoke)
+            .collect()
     } else {
         all.iter()
             .copied()
@@ -858,16 +1260,26 @@ async fn main() {
             std::process::exit(1);
         }
     };
+    let soak_args = SoakArgs {
+        minutes: args.minutes,
+        scrape_every: (args.scrape_seconds > 0).then(|| Duration::from_secs(args.scrape_seconds)),
+        standalone: args.standalone,
+    };
     let mut rows = Vec::new();
     let mut failed = None;
     'runs: for run in 0..repeat {
         for scenario in &chosen {
+            if *scenario == "soak" && run > 0 {
+                // One long run says more than the median of several.
+                continue;
+            }
             eprintln!("bench: run {} of {repeat}: {scenario}", run + 1);
             let result = match *scenario {
                 "fanout" => fanout(args.size, &backing, &http, &mut rows).await,
                 "connections" => connections(args.size, &http, &mut rows).await,
                 "ratelimit" => ratelimit(args.size, &backing, &http, &mut rows).await,
                 "appends" => appends(args.size, &backing, &http, &mut rows).await,
+                "soak" => soak(args.size, soak_args, &backing, &http, &mut rows).await,
                 _ => http_overhead(args.size, &http, &mut rows).await,
             };
             if let Err(e) = result {

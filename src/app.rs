@@ -1,5 +1,7 @@
-//! Start-up in one place: choose adapters, build the shared state, serve on an
-//! already-bound listener until the shutdown future resolves, then drain.
+//! Start-up in one place, the composition root: turn the configuration into
+//! adapters and settings, build the shared state, compose the routers, serve
+//! on already-bound listeners until the shutdown future resolves, then drain.
+//! The only module that reads `Config` or names a concrete adapter.
 //!
 //! Draining: readiness turns false, new sockets are refused, every open
 //! socket is told `shutdown` and closed with 1001; after
@@ -11,26 +13,67 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::FromRef;
+use async_trait::async_trait;
+use axum::extract::{DefaultBodyLimit, FromRef};
+use axum::{middleware, Router};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::adapters::fallback::{self, FallbackLimiter, ReplicaCount};
 use crate::adapters::memory::{
-    MemoryAudit, MemoryFanout, MemoryLeases, MemoryRateLimiter, MemoryStore,
+    MemoryAudit, MemoryFanout, MemoryLeases, MemoryRateLimiter, MemoryStore, SoleLeader,
 };
 use crate::adapters::postgres::migrate::MigrateError;
-use crate::adapters::postgres::{self, PoolSettings, PostgresAudit, PostgresStore};
-use crate::adapters::redis::{self, RedisFanout, RedisLeases, RedisRateLimiter, RedisSettings};
-use crate::audit::Auditor;
+use crate::adapters::postgres::{self, PoolSettings, PostgresAudit, PostgresHealth, PostgresStore};
+use crate::adapters::redis::{
+    self, RedisFanout, RedisHealth, RedisLeadership, RedisLeases, RedisRateLimiter, RedisSettings,
+};
 use crate::auth::Authenticator;
+use crate::collab::audit::Auditor;
 use crate::collab::service::{CollabCaps, CollabService};
-use crate::config::Config;
-use crate::limits::fallback::{FallbackLimiter, ReplicaCount};
-use crate::limits::http::Policies;
-use crate::ports::{AuditSink, Fanout, RateLimiter, Rooms, SocketCaps, SocketLeases, Store};
+use crate::config::{self, Config, MigrateArgs};
+use crate::error::Error;
+use crate::http::{Health, RequestContext};
+use crate::limits::http::{Policies, RateLimits};
+use crate::ports::{
+    AuditSink, Fanout, HealthCheck, Leadership, RateLimiter, RoomSink, Rooms, SocketCaps,
+    SocketLeases, Store,
+};
 use crate::realtime::hub::{Hub, RoomRegistry};
-use crate::telemetry::Metrics;
+use crate::realtime::ws::{Sessions, SocketSettings};
+use crate::telemetry::metrics::UPKEEP_INTERVAL;
+use crate::telemetry::{self, Metrics};
+
+/// Which adapters run, as said once in the start-up log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Standalone,
+    Postgres,
+    Cluster,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Standalone => "standalone",
+            Mode::Postgres => "postgres",
+            Mode::Cluster => "cluster",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Mode::Standalone => "state, fanout and limits in this process",
+            Mode::Postgres => {
+                "drafts, events and audit in Postgres; fanout and limits in this process"
+            }
+            Mode::Cluster => {
+                "drafts, events and audit in Postgres; fanout, limits and socket caps in Redis"
+            }
+        }
+    }
+}
 
 /// The adapters behind every port.
 pub struct Backends {
@@ -40,16 +83,27 @@ pub struct Backends {
     pub leases: Arc<dyn SocketLeases>,
     pub rooms: Arc<dyn Rooms>,
     pub audit: Arc<dyn AuditSink>,
+    pub leadership: Arc<dyn Leadership>,
+    /// What the scrape reports as `health_status`, besides the process.
+    pub checks: Vec<Arc<dyn HealthCheck>>,
     /// Where the fanout delivers; the hub serves the same rooms.
     pub registry: RoomRegistry,
     pub metrics: Metrics,
-    /// Set in the modes that have them, for pool gauges and health.
-    pub pg_pool: Option<deadpool_postgres::Pool>,
-    pub redis_pool: Option<fred::clients::Pool>,
-    /// Names this replica in leader elections (the state-gauge poller).
-    pub replica_id: String,
-    /// Said once in the start-up log.
-    pub mode: &'static str,
+    pub mode: Mode,
+}
+
+/// The store as a health check, for the modes whose store has no other.
+struct StoreHealth(Arc<dyn Store>);
+
+#[async_trait]
+impl HealthCheck for StoreHealth {
+    fn component(&self) -> &'static str {
+        "store"
+    }
+
+    async fn check(&self) -> Result<(), Error> {
+        self.0.ping().await
+    }
 }
 
 impl Backends {
@@ -58,19 +112,19 @@ impl Backends {
     pub fn memory(audit: Arc<MemoryAudit>) -> Self {
         let registry = RoomRegistry::new();
         let leases = Arc::new(MemoryLeases::new());
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
         Backends {
-            store: Arc::new(MemoryStore::new()),
-            fanout: Arc::new(MemoryFanout::new(registry.clone())),
+            checks: vec![Arc::new(StoreHealth(store.clone()))],
+            store,
+            fanout: Arc::new(MemoryFanout::new(Arc::new(registry.clone()))),
             limiter: Arc::new(MemoryRateLimiter::new()),
             leases: leases.clone(),
             rooms: leases,
             audit,
+            leadership: Arc::new(SoleLeader),
             registry,
             metrics: Metrics::new(),
-            pg_pool: None,
-            redis_pool: None,
-            replica_id: uuid::Uuid::new_v4().to_string(),
-            mode: "standalone",
+            mode: Mode::Standalone,
         }
     }
 
@@ -80,18 +134,18 @@ impl Backends {
         let pool = postgres::pool(settings)?;
         let applied = postgres::migrate::migrate(&pool).await?;
         tracing::info!(applied = ?applied, "database schema is current");
-        let timeout = config.database_query_timeout();
+        let timeout = Duration::from_secs(config.database_query_timeout_seconds);
         let mut backends = Backends::memory(Arc::new(MemoryAudit::new()));
         let metrics = backends.metrics.clone();
         backends.store = Arc::new(PostgresStore::new(pool.clone(), timeout, metrics.clone()));
-        backends.audit = Arc::new(PostgresAudit::new(pool.clone(), timeout, metrics));
-        backends.pg_pool = Some(pool);
-        backends.mode = "postgres";
+        backends.audit = Arc::new(PostgresAudit::new(pool.clone(), timeout, metrics.clone()));
+        backends.checks = vec![Arc::new(PostgresHealth::new(pool, metrics))];
+        backends.mode = Mode::Postgres;
         Ok(backends)
     }
 
-    /// Cluster: Postgres as above, and Redis for room fanout, rate limits and
-    /// socket caps shared by every replica.
+    /// Cluster: Postgres as above, and Redis for room fanout, rate limits,
+    /// socket caps and leadership shared by every replica.
     pub async fn cluster(
         config: &Config,
         database: &PoolSettings,
@@ -100,14 +154,9 @@ impl Backends {
         let mut backends = Backends::postgres(config, database).await?;
         let pool = redis::pool(settings).await?;
         let metrics = backends.metrics.clone();
-        let fanout = RedisFanout::start(
-            settings,
-            pool.clone(),
-            backends.registry.clone(),
-            metrics.clone(),
-        )
-        .await?;
-        let ttl = std::time::Duration::from_secs(config.ws_lease_ttl_seconds);
+        let rooms: Arc<dyn RoomSink> = Arc::new(backends.registry.clone());
+        let fanout = RedisFanout::start(settings, pool.clone(), rooms, metrics.clone()).await?;
+        let ttl = Duration::from_secs(config.ws_lease_ttl_seconds);
         let leases =
             RedisLeases::start(pool.clone(), &settings.prefix, ttl, metrics.clone()).await?;
         let replicas: ReplicaCount = {
@@ -117,21 +166,22 @@ impl Backends {
         let limiter = RedisRateLimiter::new(pool.clone(), &settings.prefix, metrics.clone());
         backends.limiter = Arc::new(FallbackLimiter::new(
             Arc::new(limiter),
-            config.rate_limit_fail_mode,
+            fail_mode(config.rate_limit_fail_mode),
             replicas,
             metrics,
         ));
-        backends.redis_pool = Some(pool);
         backends.fanout = Arc::new(fanout);
         backends.leases = leases.clone();
         backends.rooms = leases;
-        backends.mode = "cluster";
+        backends.leadership = Arc::new(RedisLeadership::new(pool.clone(), &settings.prefix));
+        backends.checks.push(Arc::new(RedisHealth::new(pool)));
+        backends.mode = Mode::Cluster;
         Ok(backends)
     }
 
     /// The adapters the configuration asks for.
     pub async fn from_config(config: &Config) -> Result<Self, StartError> {
-        match (config.database(), config.redis()) {
+        match (pool_settings(config), redis_settings(config)) {
             (Some(database), Some(redis)) => Backends::cluster(config, &database, &redis).await,
             (Some(database), None) => Backends::postgres(config, &database).await,
             _ => Ok(Backends::memory(Arc::new(MemoryAudit::new()))),
@@ -139,49 +189,63 @@ impl Backends {
     }
 }
 
-/// Why the server could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("{0}")]
-    Backend(#[from] crate::error::Error),
-    #[error("database migrations: {0}")]
-    Migrate(#[from] MigrateError),
-    #[error("cannot listen on {addr} ({variable}): {source}")]
-    Bind {
-        variable: &'static str,
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("listener: {0}")]
-    Io(#[from] std::io::Error),
+// ---------- configuration into settings ----------
+
+/// Postgres pool settings, when a database is configured.
+pub fn pool_settings(config: &Config) -> Option<PoolSettings> {
+    config.database_url.as_ref().map(|url| PoolSettings {
+        url: url.clone(),
+        max_size: config.database_pool_size as usize,
+        connect_timeout: Duration::from_secs(config.database_connect_timeout_seconds),
+    })
 }
 
-/// Everything a handler may need. Cheap to clone: all shared parts are `Arc`s.
-#[derive(Clone)]
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub auth: Authenticator,
-    pub collab: CollabService,
-    pub hub: Hub,
-    pub limiter: Arc<dyn RateLimiter>,
-    pub policies: Arc<Policies>,
-    pub leases: Arc<dyn SocketLeases>,
-    pub rooms: Arc<dyn Rooms>,
-    pub audit: Arc<dyn AuditSink>,
-    pub metrics: Metrics,
-    pub pg_pool: Option<deadpool_postgres::Pool>,
-    pub redis_pool: Option<fred::clients::Pool>,
-    pub replica_id: Arc<str>,
-    pub socket_caps: SocketCaps,
-    /// Cancelled when draining starts; sockets watch it.
-    pub shutdown: CancellationToken,
-    /// Tracks socket sessions so shutdown can wait for their goodbyes.
-    pub sockets: TaskTracker,
+/// Redis settings, when cluster mode is configured.
+pub fn redis_settings(config: &Config) -> Option<RedisSettings> {
+    config.redis_url.as_ref().map(|url| RedisSettings {
+        url: url.clone(),
+        prefix: config.redis_key_prefix.clone(),
+        pool_size: config.redis_pool_size as usize,
+        timeout: Duration::from_millis(config.redis_timeout_ms),
+    })
 }
 
-impl FromRef<AppState> for Authenticator {
-    fn from_ref(state: &AppState) -> Self {
-        state.auth.clone()
+fn fail_mode(mode: config::FailMode) -> fallback::FailMode {
+    match mode {
+        config::FailMode::Local => fallback::FailMode::Local,
+        config::FailMode::Open => fallback::FailMode::Open,
+        config::FailMode::Closed => fallback::FailMode::Closed,
+    }
+}
+
+pub fn log_format(config: &Config) -> telemetry::LogFormat {
+    match config.log_format() {
+        config::LogFormat::Json => telemetry::LogFormat::Json,
+        config::LogFormat::Pretty => telemetry::LogFormat::Pretty,
+    }
+}
+
+pub fn trace_settings(config: &Config) -> telemetry::TraceSettings {
+    use config::{TracesExporter as E, TracesSampler as S};
+    use telemetry::{Exporter, Sampling};
+    telemetry::TraceSettings {
+        enabled: config.otel_enabled,
+        otlp_endpoint: config.otel_exporter_otlp_endpoint.clone(),
+        exporter: config.otel_traces_exporter.map(|e| match e {
+            E::Otlp => Exporter::Otlp,
+            E::Console => Exporter::Console,
+            E::None => Exporter::None,
+        }),
+        service_name: config.otel_service_name.clone(),
+        sampling: match config.otel_traces_sampler {
+            Some(S::AlwaysOn) => Sampling::AlwaysOn,
+            Some(S::AlwaysOff) => Sampling::AlwaysOff,
+            Some(S::Traceidratio) => Sampling::Ratio,
+            None | Some(S::ParentbasedAlwaysOn) => Sampling::ParentAlwaysOn,
+            Some(S::ParentbasedAlwaysOff) => Sampling::ParentAlwaysOff,
+            Some(S::ParentbasedTraceidratio) => Sampling::ParentRatio,
+        },
+        sampler_arg: config.otel_traces_sampler_arg,
     }
 }
 
@@ -203,9 +267,80 @@ fn socket_caps(config: &Config) -> SocketCaps {
     }
 }
 
+/// `collabd migrate`: the migrations, on a one-connection pool.
+pub async fn migrate(args: &MigrateArgs) -> Result<Vec<i32>, StartError> {
+    let settings = PoolSettings {
+        url: args.database_url.clone(),
+        max_size: 1,
+        connect_timeout: Duration::from_secs(args.database_connect_timeout_seconds),
+    };
+    let pool = postgres::pool(&settings)?;
+    Ok(postgres::migrate::migrate(&pool).await?)
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Backend(#[from] Error),
+    #[error("database migrations: {0}")]
+    Migrate(#[from] MigrateError),
+    #[error("cannot listen on {addr} ({variable}): {source}")]
+    Bind {
+        variable: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+// ---------- the shared state ----------
+
+/// Everything the routers and background tasks share. Cheap to clone: all
+/// shared parts are `Arc`s. Features see only their part of it, through
+/// `FromRef`.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub collab: CollabService,
+    pub sessions: Sessions,
+    pub rate_limits: RateLimits,
+    pub request_context: RequestContext,
+    pub metrics: Metrics,
+    store: Arc<dyn Store>,
+    audit: Arc<dyn AuditSink>,
+    rooms: Arc<dyn Rooms>,
+    leadership: Arc<dyn Leadership>,
+    checks: Arc<[Arc<dyn HealthCheck>]>,
+    /// Cancelled when draining starts; sockets watch it.
+    pub shutdown: CancellationToken,
+    /// Tracks socket sessions so shutdown can wait for their goodbyes.
+    pub sockets: TaskTracker,
+}
+
+impl FromRef<AppState> for Authenticator {
+    fn from_ref(state: &AppState) -> Self {
+        state.sessions.auth.clone()
+    }
+}
+
+impl FromRef<AppState> for CollabService {
+    fn from_ref(state: &AppState) -> Self {
+        state.collab.clone()
+    }
+}
+
+impl FromRef<AppState> for Sessions {
+    fn from_ref(state: &AppState) -> Self {
+        state.sessions.clone()
+    }
+}
+
 impl AppState {
     pub fn new(config: Config, backends: Backends) -> Self {
         let metrics = backends.metrics.clone();
+        let auth = Authenticator::new(&config.auth_jwt_secret);
         let auditor = Auditor::new(
             backends.audit.clone(),
             config.audit_enabled,
@@ -225,84 +360,92 @@ impl AppState {
         );
         let hub = Hub::new(
             backends.registry,
-            backends.store,
+            backends.store.clone(),
             backends.fanout,
             metrics.clone(),
         );
+        let shutdown = CancellationToken::new();
+        let sockets = TaskTracker::new();
+        let sessions = Sessions {
+            auth: auth.clone(),
+            collab: collab.clone(),
+            hub,
+            leases: backends.leases,
+            caps: socket_caps(&config),
+            settings: SocketSettings {
+                max_message_bytes: config.ws_max_message_bytes as usize,
+                outbound_queue: config.ws_outbound_queue as usize,
+                allowed_origins: config.ws_allowed_origins.clone().into(),
+            },
+            metrics: metrics.clone(),
+            shutdown: shutdown.clone(),
+            tracker: sockets.clone(),
+        };
+        let rate_limits = RateLimits {
+            enabled: config.rate_limit_enabled,
+            limiter: backends.limiter,
+            policies: Arc::new(Policies::per_minute(
+                (
+                    config.rate_limit_per_minute_default,
+                    config.rate_limit_burst_default,
+                ),
+                (
+                    config.rate_limit_per_minute_mutation,
+                    config.rate_limit_burst_mutation,
+                ),
+            )),
+            auth,
+            metrics: metrics.clone(),
+        };
+        let proxies = config.trusted_proxies.clone();
+        let request_context = RequestContext {
+            trusted: Arc::new(move |ip| proxies.contains(ip)),
+            metrics: metrics.clone(),
+        };
         AppState {
-            auth: Authenticator::new(&config.auth_jwt_secret),
-            policies: Arc::new(Policies::from_config(&config)),
-            socket_caps: socket_caps(&config),
             config: Arc::new(config),
             collab,
-            hub,
-            limiter: backends.limiter,
-            leases: backends.leases,
-            rooms: backends.rooms,
-            audit: backends.audit,
+            sessions,
+            rate_limits,
+            request_context,
             metrics,
-            pg_pool: backends.pg_pool,
-            redis_pool: backends.redis_pool,
-            replica_id: Arc::from(backends.replica_id),
-            shutdown: CancellationToken::new(),
-            sockets: TaskTracker::new(),
+            store: backends.store,
+            audit: backends.audit,
+            rooms: backends.rooms,
+            leadership: backends.leadership,
+            checks: backends.checks.into(),
+            shutdown,
+            sockets,
         }
     }
 
-    /// Readiness: not draining and the store answers. Mirrors the result
-    /// into `health_status{component="store"}`.
-    pub async fn ready(&self) -> Result<(), crate::error::Error> {
-        if self.shutdown.is_cancelled() {
-            return Err(crate::error::Error::Unavailable("draining".into()));
-        }
-        let store = self.collab.store().ping().await;
-        self.metrics.health("store", store.is_ok());
-        store
-    }
-
-    /// Brings the scrape-time figures up to date: process, pools, backend
-    /// health, active rooms. Each check is bounded so a dead backend cannot
-    /// stall a scrape.
+    /// Brings the scrape-time figures up to date: process, backend health
+    /// and pool gauges, active rooms. Each check is bounded so a dead
+    /// backend cannot stall a scrape.
     pub async fn collect_metrics(&self) {
         const CHECK: Duration = Duration::from_secs(1);
         self.metrics.process();
         self.metrics.run_upkeep();
-        let store = tokio::time::timeout(CHECK, self.collab.store().ping()).await;
-        self.metrics.health("store", matches!(store, Ok(Ok(()))));
-        if let Some(pool) = &self.pg_pool {
-            postgres::sample_pool(pool, &self.metrics);
-        }
-        if let Some(pool) = &self.redis_pool {
-            let ping = tokio::time::timeout(CHECK, redis::ping(pool)).await;
-            self.metrics.health("redis", matches!(ping, Ok(Ok(()))));
+        for check in self.checks.iter() {
+            let answered = tokio::time::timeout(CHECK, check.check()).await;
+            self.metrics
+                .health(check.component(), matches!(answered, Ok(Ok(()))));
         }
         if let Ok(Ok(rooms)) = tokio::time::timeout(CHECK, self.rooms.active_rooms()).await {
             self.metrics.active_rooms(rooms);
         }
     }
 
-    /// One round of the state gauges: the replica holding the poller lease
-    /// reports the store's totals; the others report zeros, so a fleet sum
-    /// counts them once.
-    pub async fn poll_state(&self) {
+    /// One round of the state gauges: the replica that leads the job reports
+    /// the store's totals; the others report zeros, so a fleet sum counts
+    /// them once.
+    pub async fn refresh_stored_totals(&self) {
         let every = Duration::from_secs(self.config.state_metrics_interval_seconds);
-        let leader = match &self.redis_pool {
-            None => true,
-            Some(pool) => redis::leases::lead(
-                pool,
-                &self.config.redis_key_prefix,
-                "state-gauges",
-                &self.replica_id,
-                every * 2,
-            )
-            .await
-            .unwrap_or(false),
-        };
-        if !leader {
+        if !self.leadership.lead("state-gauges", every * 2).await {
             self.metrics.state(0, 0, 0);
             return;
         }
-        match (self.collab.store().counts().await, self.audit.count().await) {
+        match (self.store.counts().await, self.audit.count().await) {
             (Ok(counts), Ok(rows)) => self.metrics.state(counts.drafts, counts.segments, rows),
             (Err(e), _) | (_, Err(e)) => {
                 tracing::warn!(error.message = %e, "state gauges not refreshed")
@@ -310,6 +453,48 @@ impl AppState {
         }
     }
 }
+
+#[async_trait]
+impl Health for AppState {
+    /// Readiness: not draining and the store answers. Mirrors the result
+    /// into `health_status{component="store"}`.
+    async fn ready(&self) -> Result<(), Error> {
+        if self.shutdown.is_cancelled() {
+            return Err(Error::Unavailable("draining".into()));
+        }
+        let store = self.store.ping().await;
+        self.metrics.health("store", store.is_ok());
+        store
+    }
+
+    async fn metrics_text(&self) -> String {
+        self.collect_metrics().await;
+        self.metrics.render()
+    }
+}
+
+/// The public API: every feature's routes behind the request context, the
+/// rate limit and the body limit.
+pub fn public_router(state: AppState) -> Router {
+    Router::new()
+        .merge(crate::collab::http::router())
+        .merge(crate::realtime::ws::router())
+        .merge(crate::http::probes::<AppState, AppState>())
+        .fallback(crate::http::not_found)
+        .method_not_allowed_fallback(crate::http::method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            state.rate_limits.clone(),
+            crate::limits::http::rate_limit,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.request_context.clone(),
+            crate::http::request_context,
+        ))
+        .with_state(state)
+}
+
+// ---------- serving ----------
 
 /// Serves the public API on `public` and, when given, /metrics and the
 /// probes on `management`, until `shutdown` resolves; then drains and returns.
@@ -321,11 +506,12 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let drain = state.shutdown.clone();
     let sockets = state.sockets.clone();
-    let grace = state.config.shutdown_timeout();
+    let grace = Duration::from_secs(state.config.shutdown_timeout_seconds);
     let delay = Duration::from_secs(state.config.shutdown_drain_delay_seconds);
     let background = spawn_background(&state);
     if let Some(listener) = management {
-        let app = crate::http::management::router(state.clone());
+        let app =
+            crate::http::management::router(state.clone(), state.config.metrics_auth_token.clone());
         let stop = drain.clone();
         tokio::spawn(async move {
             let server = axum::serve(listener, app)
@@ -335,7 +521,7 @@ pub async fn run(
             }
         });
     }
-    let app = crate::http::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let app = public_router(state).into_make_service_with_connect_info::<SocketAddr>();
     let signal = {
         let drain = drain.clone();
         async move {
@@ -374,25 +560,28 @@ pub async fn run(
     }
 }
 
-/// Periodic work: the state-gauge poller. Stopped by the returned token.
+/// Periodic work: the stored-totals poller and the metrics upkeep. Stopped
+/// by the returned token.
 fn spawn_background(state: &AppState) -> CancellationToken {
     let stop = CancellationToken::new();
     let every = Duration::from_secs(state.config.state_metrics_interval_seconds);
-    let (state, token) = (state.clone(), stop.clone());
+    let (poller, token) = (state.clone(), stop.clone());
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = token.cancelled() => return,
-                _ = tick.tick() => state.poll_state().await,
+                _ = tick.tick() => poller.refresh_stored_totals().await,
             }
         }
     });
+    let (metrics, token) = (state.metrics.clone(), stop.clone());
+    tokio::spawn(async move { metrics.keep_up(UPKEEP_INTERVAL, token).await });
     stop
 }
 
-/// `collabd serve`: logs, adapters, listener, run until SIGTERM or Ctrl-C.
+/// `collabd serve`: adapters, listeners, run until SIGTERM or Ctrl-C.
 pub async fn serve(config: Config) -> Result<(), StartError> {
     let backends = Backends::from_config(&config).await?;
     let addr = SocketAddr::new(config.host, config.port);
@@ -409,21 +598,18 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     let management = bind("METRICS_ADDR", config.metrics_addr).await?;
     // Before "listening" is announced: from then on SIGTERM means drain.
     let shutdown = shutdown_signal();
-    let what = match backends.mode {
-        "standalone" => "state, fanout and limits in this process",
-        "postgres" => "drafts, events and audit in Postgres; fanout and limits in this process",
-        _ => "drafts, events and audit in Postgres; fanout, limits and socket caps in Redis",
-    };
+    let mode = backends.mode;
     tracing::info!(
-        mode = backends.mode,
+        mode = mode.name(),
         addr = %listener.local_addr()?,
         metrics_addr = %management.local_addr()?,
         app_env = ?config.app_env,
         rate_limit_enabled = config.rate_limit_enabled,
         ws_limits_enabled = config.ws_limits_enabled,
         audit_enabled = config.audit_enabled,
-        "collabd listening ({} mode: {what})",
-        backends.mode
+        "collabd listening ({} mode: {})",
+        mode.name(),
+        mode.describe()
     );
     let state = AppState::new(config, backends);
     Ok(run(listener, Some(management), state, shutdown).await?)

@@ -4,13 +4,11 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::collab::validate::user_id as validate_user_id;
+use crate::collab::input::UserId;
 use crate::error::Error;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -37,6 +35,9 @@ impl Authenticator {
     pub fn new(secret: &str) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "sub"]);
+        // Seconds of clock skew tolerated between the token's issuer and
+        // this replica, so a token minted on a host a little ahead is not
+        // refused as expired (or not yet valid) at once.
         validation.leeway = 5;
         Authenticator {
             keys: Arc::new((
@@ -49,10 +50,10 @@ impl Authenticator {
 
     /// Mints a token for `user_id` valid for `ttl`.
     pub fn mint(&self, user_id: &str, ttl: Duration) -> Result<String, Error> {
-        validate_user_id(user_id)?;
+        let user_id = UserId::parse(user_id)?;
         let now = unix_now();
         let claims = Claims {
-            sub: user_id.to_owned(),
+            sub: user_id.into(),
             iat: now,
             exp: now.saturating_add(ttl.as_secs()),
         };
@@ -61,7 +62,7 @@ impl Authenticator {
     }
 
     /// Returns the user id of a valid token.
-    pub fn verify(&self, token: &str) -> Result<String, Error> {
+    pub fn verify(&self, token: &str) -> Result<UserId, Error> {
         let data =
             jsonwebtoken::decode::<Claims>(token, &self.keys.1, &self.validation).map_err(|e| {
                 match e.kind() {
@@ -77,13 +78,12 @@ impl Authenticator {
                     _ => Error::Unauthorized("token is malformed"),
                 }
             })?;
-        validate_user_id(&data.claims.sub)
-            .map_err(|_| Error::Unauthorized("token subject is not a valid user id"))?;
-        Ok(data.claims.sub)
+        UserId::parse(data.claims.sub)
+            .map_err(|_| Error::Unauthorized("token subject is not a valid user id"))
     }
 
     /// Verifies the `Authorization: Bearer` header.
-    pub fn verify_headers(&self, headers: &HeaderMap) -> Result<String, Error> {
+    pub fn verify_headers(&self, headers: &HeaderMap) -> Result<UserId, Error> {
         let value = headers
             .get(header::AUTHORIZATION)
             .ok_or(Error::Unauthorized("missing bearer token"))?;
@@ -106,29 +106,10 @@ fn unix_now() -> u64 {
 }
 
 /// The authenticated caller. The rate-limit middleware may have verified the
-/// token already (to key by user); then the result is reused, not redone.
+/// token already (to key by user) and left this in the request's
+/// extensions; the extractor (`http::extract`) then reuses it.
 #[derive(Clone, Debug)]
-pub struct AuthUser(pub String);
-
-impl<S> FromRequestParts<S> for AuthUser
-where
-    S: Send + Sync,
-    Authenticator: axum::extract::FromRef<S>,
-{
-    type Rejection = Error;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let user = match parts.extensions.get::<AuthUser>() {
-            Some(user) => user.clone(),
-            None => {
-                let auth = <Authenticator as axum::extract::FromRef<S>>::from_ref(state);
-                AuthUser(auth.verify_headers(&parts.headers)?)
-            }
-        };
-        tracing::Span::current().record("user_id", user.0.as_str());
-        Ok(user)
-    }
-}
+pub struct AuthUser(pub UserId);
 
 #[cfg(test)]
 mod tests {
@@ -138,7 +119,7 @@ mod tests {
     fn a_minted_token_verifies_to_its_user() {
         let auth = Authenticator::new("secret");
         let token = auth.mint("alice", Duration::from_secs(60)).unwrap();
-        assert_eq!(auth.verify(&token).unwrap(), "alice");
+        assert_eq!(auth.verify(&token).unwrap().as_str(), "alice");
     }
 
     #[test]

@@ -4,14 +4,16 @@
 //! Defaults are safe for a laptop: limits and audit off, pretty logs, a dev
 //! secret. `APP_ENV=prod` switches logs to JSON and refuses the dev secret.
 
+//!
+//! A leaf: it imports nothing of the product. `app.rs` alone turns a
+//! `Config` into adapters and settings.
+
 use std::net::IpAddr;
+use std::str::FromStr;
 use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-
-use crate::limits::client_ip::TrustedProxies;
-use crate::limits::fallback::FailMode;
 
 /// The secret used when none is configured. Fine for a laptop, refused in prod.
 pub const DEV_JWT_SECRET: &str = "collabd-dev-secret-do-not-use-in-production";
@@ -74,6 +76,119 @@ pub enum AppEnv {
 pub enum LogFormat {
     Json,
     Pretty,
+}
+
+/// `RATE_LIMIT_FAIL_MODE`: what rate limiting does while Redis fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FailMode {
+    /// This replica's share of the cluster limit, in process.
+    Local,
+    /// Allow every request.
+    Open,
+    /// Refuse with 503 `unavailable`.
+    Closed,
+}
+
+/// `OTEL_TRACES_EXPORTER`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TracesExporter {
+    Otlp,
+    Console,
+    None,
+}
+
+/// `OTEL_TRACES_SAMPLER`, with the OpenTelemetry names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum TracesSampler {
+    AlwaysOn,
+    AlwaysOff,
+    Traceidratio,
+    ParentbasedAlwaysOn,
+    ParentbasedAlwaysOff,
+    ParentbasedTraceidratio,
+}
+
+/// An address block, `10.0.0.0/8` or a single address (`/32`, `/128` implied).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl FromStr for IpNet {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{text:?} is not an IP address or CIDR block"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{text:?} has a prefix outside 0-{max}"))?,
+            None => max,
+        };
+        Ok(IpNet { addr, prefix })
+    }
+}
+
+/// The `TRUSTED_PROXIES` list: comma-separated addresses or CIDR blocks;
+/// empty means no proxy is trusted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrustedProxies(pub Vec<IpNet>);
+
+impl FromStr for TrustedProxies {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        text.split(',')
+            .map(str::trim)
+            .filter(|entry| !entry.is_empty())
+            .map(IpNet::from_str)
+            .collect::<Result<Vec<_>, _>>()
+            .map(TrustedProxies)
+    }
+}
+
+impl IpNet {
+    /// Whether `ip` lies in the block (IPv4-mapped IPv6 counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        match (canonical(self.addr), ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - self.prefix as u32).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl TrustedProxies {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|net| net.contains(ip))
+    }
+}
+
+/// IPv4-mapped IPv6 addresses compare as the IPv4 address they carry.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
 }
 
 #[derive(Clone, Debug, Args)]
@@ -215,15 +330,15 @@ pub struct Config {
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otel_exporter_otlp_endpoint: Option<String>,
     /// `otlp` (default), `console` (spans on stdout) or `none`.
-    #[arg(long, env = "OTEL_TRACES_EXPORTER")]
-    pub otel_traces_exporter: Option<String>,
+    #[arg(long, env = "OTEL_TRACES_EXPORTER", value_enum)]
+    pub otel_traces_exporter: Option<TracesExporter>,
     /// The service name spans carry.
     #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "collabd")]
     pub otel_service_name: String,
     /// always_on, always_off, traceidratio, parentbased_always_on (default),
     /// parentbased_always_off, parentbased_traceidratio.
-    #[arg(long, env = "OTEL_TRACES_SAMPLER")]
-    pub otel_traces_sampler: Option<String>,
+    #[arg(long, env = "OTEL_TRACES_SAMPLER", value_enum)]
+    pub otel_traces_sampler: Option<TracesSampler>,
     /// The ratio for the ratio samplers, 0.0 to 1.0.
     #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG")]
     pub otel_traces_sampler_arg: Option<f64>,
@@ -277,94 +392,67 @@ impl Config {
             .config
     }
 
-    /// Checks the rules a single flag cannot express.
+    /// Checks the rules a single flag cannot express, one `ensure` each.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.app_env == AppEnv::Prod {
-            if self.auth_jwt_secret == DEV_JWT_SECRET {
-                return Err(ConfigError {
-                    variable: "AUTH_JWT_SECRET",
-                    reason: "APP_ENV=prod needs a real secret, not the built-in dev one".into(),
-                });
-            }
-            if self.auth_jwt_secret.len() < MIN_PROD_SECRET_BYTES {
-                return Err(ConfigError {
-                    variable: "AUTH_JWT_SECRET",
-                    reason: format!("must be at least {MIN_PROD_SECRET_BYTES} bytes in prod"),
-                });
-            }
-        }
-        if self.auth_jwt_secret.is_empty() {
-            return Err(ConfigError {
-                variable: "AUTH_JWT_SECRET",
-                reason: "must not be empty".into(),
-            });
-        }
-        if !(0.0..=1.0).contains(&self.audit_sample_rate) {
-            return Err(ConfigError {
-                variable: "AUDIT_SAMPLE_RATE",
-                reason: format!("{} is not between 0.0 and 1.0", self.audit_sample_rate),
-            });
-        }
-        if self.max_body_bytes < 256 {
-            return Err(ConfigError {
-                variable: "MAX_BODY_BYTES",
-                reason: "must be at least 256".into(),
-            });
-        }
-        if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
-            return Err(ConfigError {
-                variable: "LOG_LEVEL",
-                reason: format!("{:?} is not a valid filter", self.log_level),
-            });
-        }
-        if let Some(url) = &self.database_url {
-            if url.parse::<tokio_postgres::Config>().is_err() {
-                return Err(ConfigError {
-                    variable: "DATABASE_URL",
-                    reason: "is not a valid Postgres URL".into(),
-                });
-            }
-        }
-        if self.redis_url.is_some() && self.database_url.is_none() {
-            return Err(ConfigError {
-                variable: "REDIS_URL",
-                reason: "cluster mode also needs DATABASE_URL (drafts live in Postgres)".into(),
-            });
-        }
-        if let Some(url) = &self.redis_url {
-            if fred::prelude::Config::from_url(url).is_err() {
-                return Err(ConfigError {
-                    variable: "REDIS_URL",
-                    reason: "is not a valid Redis URL".into(),
-                });
-            }
-        }
-        if self.redis_key_prefix.is_empty()
-            || self
-                .redis_key_prefix
-                .chars()
-                .any(|c| c.is_whitespace() || c == '{' || c == '}')
-        {
-            return Err(ConfigError {
-                variable: "REDIS_KEY_PREFIX",
-                reason: "must be non-empty, without spaces or braces".into(),
-            });
-        }
-        if let Some(exporter) = &self.otel_traces_exporter {
-            if !["otlp", "console", "none"].contains(&exporter.as_str()) {
-                return Err(ConfigError {
-                    variable: "OTEL_TRACES_EXPORTER",
-                    reason: format!("{exporter:?} is not one of otlp, console, none"),
-                });
-            }
-        }
-        if self.ws_allowed_origins.iter().any(|o| o.trim().is_empty()) {
-            return Err(ConfigError {
-                variable: "WS_ALLOWED_ORIGINS",
-                reason: "contains an empty entry".into(),
-            });
-        }
-        Ok(())
+        let prod = self.app_env == AppEnv::Prod;
+        let secret = &self.auth_jwt_secret;
+        ensure(!secret.is_empty(), "AUTH_JWT_SECRET", || {
+            "must not be empty".into()
+        })?;
+        ensure(!prod || secret != DEV_JWT_SECRET, "AUTH_JWT_SECRET", || {
+            "APP_ENV=prod needs a real secret, not the built-in dev one".into()
+        })?;
+        ensure(
+            !prod || secret.len() >= MIN_PROD_SECRET_BYTES,
+            "AUTH_JWT_SECRET",
+            || format!("must be at least {MIN_PROD_SECRET_BYTES} bytes in prod"),
+        )?;
+        ensure(
+            (0.0..=1.0).contains(&self.audit_sample_rate),
+            "AUDIT_SAMPLE_RATE",
+            || format!("{} is not between 0.0 and 1.0", self.audit_sample_rate),
+        )?;
+        ensure(self.max_body_bytes >= 256, "MAX_BODY_BYTES", || {
+            "must be at least 256".into()
+        })?;
+        ensure(
+            tracing_subscriber::EnvFilter::try_new(&self.log_level).is_ok(),
+            "LOG_LEVEL",
+            || format!("{:?} is not a valid filter", self.log_level),
+        )?;
+        ensure(
+            self.database_url
+                .as_ref()
+                .is_none_or(|url| url.parse::<tokio_postgres::Config>().is_ok()),
+            "DATABASE_URL",
+            || "is not a valid Postgres URL".into(),
+        )?;
+        ensure(
+            self.redis_url.is_none() || self.database_url.is_some(),
+            "REDIS_URL",
+            || "cluster mode also needs DATABASE_URL (drafts live in Postgres)".into(),
+        )?;
+        ensure(
+            self.redis_url
+                .as_ref()
+                .is_none_or(|url| fred::prelude::Config::from_url(url).is_ok()),
+            "REDIS_URL",
+            || "is not a valid Redis URL".into(),
+        )?;
+        let prefix = &self.redis_key_prefix;
+        ensure(
+            !prefix.is_empty()
+                && !prefix
+                    .chars()
+                    .any(|c| c.is_whitespace() || c == '{' || c == '}'),
+            "REDIS_KEY_PREFIX",
+            || "must be non-empty, without spaces or braces".into(),
+        )?;
+        ensure(
+            !self.ws_allowed_origins.iter().any(|o| o.trim().is_empty()),
+            "WS_ALLOWED_ORIGINS",
+            || "contains an empty entry".into(),
+        )
     }
 
     pub fn log_format(&self) -> LogFormat {
@@ -374,46 +462,28 @@ impl Config {
         })
     }
 
-    /// Pool settings, when a database is configured.
-    pub fn database(&self) -> Option<crate::adapters::postgres::PoolSettings> {
-        self.database_url
-            .as_ref()
-            .map(|url| crate::adapters::postgres::PoolSettings {
-                url: url.clone(),
-                max_size: self.database_pool_size as usize,
-                connect_timeout: Duration::from_secs(self.database_connect_timeout_seconds),
-            })
-    }
-
-    /// Redis settings, when cluster mode is configured.
-    pub fn redis(&self) -> Option<crate::adapters::redis::RedisSettings> {
-        self.redis_url
-            .as_ref()
-            .map(|url| crate::adapters::redis::RedisSettings {
-                url: url.clone(),
-                prefix: self.redis_key_prefix.clone(),
-                pool_size: self.redis_pool_size as usize,
-                timeout: Duration::from_millis(self.redis_timeout_ms),
-            })
-    }
-
     pub fn database_query_timeout(&self) -> Duration {
         Duration::from_secs(self.database_query_timeout_seconds)
     }
 
-    pub fn traces(&self) -> crate::telemetry::TraceSettings {
-        crate::telemetry::TraceSettings {
-            enabled: self.otel_enabled,
-            otlp_endpoint: self.otel_exporter_otlp_endpoint.clone(),
-            exporter: self.otel_traces_exporter.clone(),
-            service_name: self.otel_service_name.clone(),
-            sampler: self.otel_traces_sampler.clone(),
-            sampler_arg: self.otel_traces_sampler_arg,
-        }
-    }
-
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout_seconds)
+    }
+}
+
+/// One rule of `Config::validate`: `Err` naming `variable` unless `holds`.
+fn ensure(
+    holds: bool,
+    variable: &'static str,
+    reason: impl FnOnce() -> String,
+) -> Result<(), ConfigError> {
+    if holds {
+        Ok(())
+    } else {
+        Err(ConfigError {
+            variable,
+            reason: reason(),
+        })
     }
 }
 
@@ -471,6 +541,49 @@ mod tests {
         assert_eq!(config.validate().unwrap_err().variable, "AUTH_JWT_SECRET");
         config.auth_jwt_secret = "x".repeat(MIN_PROD_SECRET_BYTES);
         assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn cidr_blocks_contain_their_addresses() {
+        let net: IpNet = "10.0.0.0/8".parse().unwrap();
+        assert!(net.contains("10.1.2.3".parse().unwrap()));
+        assert!(!net.contains("11.0.0.1".parse().unwrap()));
+        assert!(net.contains("::ffff:10.0.0.1".parse().unwrap()));
+        let one: IpNet = "127.0.0.1".parse().unwrap();
+        assert!(one.contains("127.0.0.1".parse().unwrap()));
+        assert!(!one.contains("127.0.0.2".parse().unwrap()));
+        let all: IpNet = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("8.8.8.8".parse().unwrap()));
+        assert!("10.0.0.0/33".parse::<IpNet>().is_err());
+        assert!("nonsense".parse::<IpNet>().is_err());
+    }
+
+    #[test]
+    fn trusted_proxy_lists_parse_and_may_be_empty() {
+        assert_eq!("".parse::<TrustedProxies>().unwrap().0.len(), 0);
+        let two = " 10.0.0.0/8, ::1 ,".parse::<TrustedProxies>().unwrap();
+        assert_eq!(two.0.len(), 2);
+        assert!(two.contains("::1".parse().unwrap()));
+        assert!("10.0.0.0/8,bogus".parse::<TrustedProxies>().is_err());
+    }
+
+    #[test]
+    fn samplers_take_their_opentelemetry_names() {
+        let names: Vec<String> = TracesSampler::value_variants()
+            .iter()
+            .map(|v| v.to_possible_value().unwrap().get_name().to_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "always_on",
+                "always_off",
+                "traceidratio",
+                "parentbased_always_on",
+                "parentbased_always_off",
+                "parentbased_traceidratio"
+            ]
+        );
     }
 
     #[test]

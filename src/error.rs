@@ -1,26 +1,12 @@
-//! The error contract. Every non-2xx response is built here, from one enum,
-//! into one envelope: `{"error": {"code", "message", "request_id"}}`.
+//! The error contract: one enum whose variants are the stable codes of the
+//! error envelope `{"error": {"code", "message", "request_id"}}`. Each
+//! variant names its status; `http::response` renders the envelope.
 //!
-//! Internal causes (`Unavailable`, `Internal`) are logged once, here, where the
-//! response is made, and never sent: the client gets a fixed message and the
-//! request id to quote.
+//! Internal causes (`Unavailable`, `Internal`) are never sent: the client
+//! gets a fixed message and the request id to quote, and the access log
+//! records the cause once.
 
-use axum::http::{HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
-
-tokio::task_local! {
-    /// The id of the request being served, set by the request-id middleware so
-    /// that any error built below it can name the request.
-    pub static REQUEST_ID: String;
-}
-
-/// The id of the request this task is serving, or "n/a" outside one.
-pub fn current_request_id() -> String {
-    REQUEST_ID
-        .try_with(|id| id.clone())
-        .unwrap_or_else(|_| "n/a".to_owned())
-}
+use axum::http::StatusCode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -60,11 +46,12 @@ pub enum Error {
     Internal(String),
 }
 
-/// Carried in the response extensions so the access log can name the code.
-#[derive(Clone, Copy, Debug)]
-pub struct ErrorCode(pub &'static str);
-
 impl Error {
+    /// The one way a missing draft is reported, wherever it is noticed.
+    pub fn draft_not_found() -> Self {
+        Error::NotFound("draft not found".into())
+    }
+
     pub fn unavailable(cause: impl std::fmt::Display) -> Self {
         Error::Unavailable(cause.to_string())
     }
@@ -104,6 +91,14 @@ impl Error {
         }
     }
 
+    /// What went wrong inside, for the log: set for server errors only.
+    pub fn cause(&self) -> Option<&str> {
+        match self {
+            Error::Unavailable(cause) | Error::Internal(cause) => Some(cause),
+            _ => None,
+        }
+    }
+
     /// The message a client may see: the detail for client errors, a fixed
     /// sentence for server errors.
     pub fn public_message(&self) -> String {
@@ -112,37 +107,6 @@ impl Error {
             Error::Internal(_) => "internal server error".to_owned(),
             other => other.to_string(),
         }
-    }
-}
-
-impl IntoResponse for Error {
-    fn into_response(self) -> Response {
-        let request_id = current_request_id();
-        match &self {
-            Error::Internal(cause) => {
-                tracing::error!(error_code = self.code(), error.message = %cause, "request failed")
-            }
-            Error::Unavailable(cause) => {
-                tracing::warn!(error_code = self.code(), error.message = %cause, "backend unavailable")
-            }
-            _ => {}
-        }
-        let body = serde_json::json!({
-            "error": {
-                "code": self.code(),
-                "message": self.public_message(),
-                "request_id": request_id,
-            }
-        });
-        let mut response = (self.status(), Json(body)).into_response();
-        if let Error::RateLimited(retry_after) = self {
-            response.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                HeaderValue::from(retry_after),
-            );
-        }
-        response.extensions_mut().insert(ErrorCode(self.code()));
-        response
     }
 }
 

@@ -4,21 +4,28 @@
 //!
 //! # Layout
 //!
-//! - [`app`]: start-up: adapters, shared state, serve and drain.
-//! - [`config`]: every knob, as a CLI flag with its environment variable.
-//! - [`http`]: the router, request ids, access log, extractors.
-//! - [`error`]: the error envelope and its stable codes.
-//! - [`auth`]: HS256 bearer tokens.
-//! - [`collab`]: drafts, roles, the ring and segments: model, rules, service, handlers.
-//! - [`realtime`]: rooms that order and fan out events, WebSocket sessions.
-//! - [`limits`]: GCRA rate limiting and client addresses.
-//! - [`audit`]: which actions are recorded, and how metadata is cut.
-//! - [`ports`]: the traits the service talks to; [`adapters`] implement them.
-//! - [`telemetry`]: logging set-up.
+//! Layers import one way, transport -> service -> ports <- adapters, and
+//! `tests/layers.rs` fails on an import against that direction:
+//!
+//! - leaves, importing nothing of the product: [`config`] (every knob, as a
+//!   CLI flag with its environment variable), [`telemetry`] (logs, traces,
+//!   every metric name), [`error`] (the stable error codes), [`text`].
+//! - domain: [`collab::input`] (each client field parsed once into its
+//!   type), [`collab::model`] (drafts, typed events), [`collab::rules`] (the
+//!   ring rule and the others, pure), [`limits::gcra`], [`limits::client_ip`].
+//! - [`ports`]: the traits the service talks to, named for their consumer.
+//! - service: [`collab::service`] (rules inside the store's atomic mutation,
+//!   then fanout and audit), [`realtime::hub`] (rooms: ordered, exactly-once
+//!   delivery), [`auth`] (bearer tokens).
+//! - [`adapters`]: memory, Postgres and Redis implementations of the ports.
+//! - transport: [`http`] (request ids, the access log, the error envelope,
+//!   extractors, probes, management), [`collab::http`], [`realtime::ws`],
+//!   [`limits::http`].
+//! - [`app`]: the composition root: configuration into adapters, routers
+//!   composed, serve and drain.
 
 pub mod adapters;
 pub mod app;
-pub mod audit;
 pub mod auth;
 pub mod collab;
 pub mod config;
@@ -28,3 +35,4 @@ pub mod limits;
 pub mod ports;
 pub mod realtime;
 pub mod telemetry;
+pub mod text;

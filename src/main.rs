@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use collabd::auth::Authenticator;
-use collabd::config::{Cli, Command, Config, LogFormat, MigrateArgs};
+use collabd::config::{Cli, Command, Config, MigrateArgs};
+use collabd::telemetry::LogFormat;
 
 fn main() -> ExitCode {
     unset_empty_variables();
@@ -75,17 +76,7 @@ fn migrate(args: MigrateArgs) -> ExitCode {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    let settings = collabd::adapters::postgres::PoolSettings {
-        url: args.database_url,
-        max_size: 1,
-        connect_timeout: std::time::Duration::from_secs(args.database_connect_timeout_seconds),
-    };
-    let result = runtime.block_on(async {
-        let pool = collabd::adapters::postgres::pool(&settings)?;
-        Ok::<_, collabd::app::StartError>(
-            collabd::adapters::postgres::migrate::migrate(&pool).await?,
-        )
-    });
+    let result = runtime.block_on(collabd::app::migrate(&args));
     match result {
         Ok(applied) => {
             println!("migrations applied: {applied:?}; schema is current");
@@ -103,8 +94,11 @@ fn serve(config: Config) -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
-    let telemetry =
-        collabd::telemetry::init(config.log_format(), &config.log_level, &config.traces());
+    let telemetry = collabd::telemetry::init(
+        collabd::app::log_format(&config),
+        &config.log_level,
+        &collabd::app::trace_settings(&config),
+    );
     let runtime = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,

@@ -7,14 +7,55 @@
 //! loads, decides and writes atomically inside the adapter, the way a
 //! Postgres transaction with a row lock on the draft would.
 
+//!
+//! Each port is named for what its consumer needs. `RoomSink` runs the other
+//! way: the realtime rooms declare what a fanout delivers into, and the
+//! fanout adapters are handed one, so no adapter knows the rooms.
+
+use std::time::Duration;
+
 use async_trait::async_trait;
+use serde::Serialize;
+use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::audit::AuditRecord;
+use crate::collab::input::{IdempotencyKey, UserId};
 use crate::collab::model::{Decision, Draft, DraftSnapshot, Event, Outcome, Segment};
-use crate::collab::validate::Page;
 use crate::error::Error;
 use crate::limits::gcra::{RatePolicy, ThrottleReply};
+
+pub const DEFAULT_PAGE_LIMIT: u32 = 100;
+pub const MAX_PAGE_LIMIT: u32 = 1000;
+
+/// A page request: `after` an exclusive seq, `limit` 1-1000 (default 100).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Page {
+    pub after: u64,
+    pub limit: u32,
+}
+
+impl Page {
+    pub fn new(after: Option<u64>, limit: Option<u32>) -> Result<Self, Error> {
+        let limit = limit.unwrap_or(DEFAULT_PAGE_LIMIT);
+        if limit == 0 || limit > MAX_PAGE_LIMIT {
+            return Err(Error::Validation(format!(
+                "limit must be between 1 and {MAX_PAGE_LIMIT}"
+            )));
+        }
+        Ok(Page {
+            after: after.unwrap_or(0),
+            limit,
+        })
+    }
+
+    /// The largest page after `after`, for readers that catch up.
+    pub fn largest_after(after: u64) -> Self {
+        Page {
+            after,
+            limit: MAX_PAGE_LIMIT,
+        }
+    }
+}
 
 /// The pure rule check the service hands to `Store::mutate`. It runs while the
 /// store holds the draft exclusively, so it must not block or do I/O.
@@ -26,7 +67,7 @@ pub trait Store: Send + Sync + 'static {
     async fn create_draft(&self, draft: &Draft) -> Result<(), Error>;
     async fn get_draft(&self, id: Uuid) -> Result<Option<Draft>, Error>;
     /// Drafts `user_id` collaborates on, oldest first.
-    async fn drafts_for_user(&self, user_id: &str) -> Result<Vec<Draft>, Error>;
+    async fn drafts_for_user(&self, user_id: &UserId) -> Result<Vec<Draft>, Error>;
     /// Segments with seq > `page.after`, ascending, at most `page.limit`.
     async fn segments(&self, draft_id: Uuid, page: Page) -> Result<Vec<Segment>, Error>;
     /// Events with seq > `page.after`, ascending, at most `page.limit`.
@@ -38,7 +79,7 @@ pub trait Store: Send + Sync + 'static {
     async fn mutate(
         &self,
         draft_id: Uuid,
-        idempotency_key: Option<&str>,
+        idempotency_key: Option<&IdempotencyKey>,
         request_id: &str,
         decide: Decide<'_>,
     ) -> Result<Outcome, Error>;
@@ -56,7 +97,7 @@ pub struct StoreCounts {
 }
 
 /// Carries committed events to every replica's rooms. Adapters deliver what
-/// they receive to the `RoomRegistry` they were built with.
+/// they receive into the `RoomSink` they were built with.
 #[async_trait]
 pub trait Fanout: Send + Sync + 'static {
     /// Sends a committed event to every subscriber of its draft's room.
@@ -65,6 +106,16 @@ pub trait Fanout: Send + Sync + 'static {
     async fn subscribe(&self, draft_id: Uuid) -> Result<(), Error>;
     /// Stops receiving a room's events; called when its last local socket leaves.
     async fn unsubscribe(&self, draft_id: Uuid) -> Result<(), Error>;
+}
+
+/// What a fanout delivers into: this replica's rooms (`realtime::hub`
+/// implements it). Both calls return at once, whatever the rooms are doing.
+pub trait RoomSink: Send + Sync + 'static {
+    /// Hands a committed event to its draft's room, if this replica has one.
+    fn deliver(&self, event: Event);
+    /// Asks every room to compare its head with the store: the fanout may
+    /// have missed events (a reconnect, a lagging reader).
+    fn resync_all(&self);
 }
 
 /// GCRA limits with redis-cell `CL.THROTTLE` semantics, one key per call.
@@ -82,7 +133,7 @@ pub trait RateLimiter: Send + Sync + 'static {
 #[derive(Clone, Debug)]
 pub struct SocketClaim {
     pub connection_id: Uuid,
-    pub user_id: String,
+    pub user_id: UserId,
     pub draft_id: Uuid,
 }
 
@@ -133,10 +184,62 @@ pub trait Rooms: Send + Sync + 'static {
     async fn active_rooms(&self) -> Result<u64, Error>;
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditAction {
+    CreateDraft,
+    AppendSegment,
+    PassRing,
+    AddCollaborator,
+}
+
+impl AuditAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditAction::CreateDraft => "create_draft",
+            AuditAction::AppendSegment => "append_segment",
+            AuditAction::PassRing => "pass_ring",
+            AuditAction::AddCollaborator => "add_collaborator",
+        }
+    }
+}
+
+/// One row of the audit log (the seeds' `audit_events` table).
+#[derive(Clone, Debug, Serialize)]
+pub struct AuditRecord {
+    pub id: Uuid,
+    #[serde(with = "time::serde::rfc3339")]
+    pub ts: OffsetDateTime,
+    pub request_id: String,
+    pub user_id: UserId,
+    pub action: AuditAction,
+    pub draft_id: Option<Uuid>,
+    pub metadata: serde_json::Value,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
 /// Where audit rows go.
 #[async_trait]
 pub trait AuditSink: Send + Sync + 'static {
     async fn record(&self, record: &AuditRecord) -> Result<(), Error>;
     /// Rows held (an estimate where counting exactly would be costly).
     async fn count(&self) -> Result<u64, Error>;
+}
+
+/// One replica at a time does a cluster-wide job (the state gauges).
+#[async_trait]
+pub trait Leadership: Send + Sync + 'static {
+    /// Whether this replica holds (and has now renewed for `ttl`) the lease
+    /// of `job`. False when the backend cannot say.
+    async fn lead(&self, job: &'static str, ttl: Duration) -> bool;
+}
+
+/// A backend the scrape reports on, as `health_status{component}`.
+#[async_trait]
+pub trait HealthCheck: Send + Sync + 'static {
+    /// The `component` label.
+    fn component(&self) -> &'static str;
+    /// Whether it answers now; also refreshes the backend's own gauges.
+    async fn check(&self) -> Result<(), Error>;
 }

@@ -1,5 +1,12 @@
 //! Adapters behind the ports. Only `app.rs` chooses among them.
+//!
+//! - [`memory`]: everything in this process (standalone mode).
+//! - [`postgres`]: the store and audit sink.
+//! - [`redis`]: fanout, rate limits, socket leases, leadership (cluster mode).
+//! - [`fallback`]: a rate limiter that applies `RATE_LIMIT_FAIL_MODE` when
+//!   the shared one fails.
 
+pub mod fallback;
 pub mod memory;
 pub mod postgres;
 pub mod redis;

@@ -1,19 +1,45 @@
-//! REST handlers for drafts: parse, call the service, shape the response.
+//! REST handlers for drafts: parse every field into its type, call the
+//! service, shape the response. The feature's routes are its `router()`.
 
-use axum::extract::{Extension, State};
+use axum::extract::{Extension, FromRef, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::input::{DraftTitle, IdempotencyKey, SegmentContent, UserId};
 use super::model::{Actor, Role};
-use super::validate::{self, Page};
-use crate::app::AppState;
-use crate::auth::AuthUser;
-use crate::error::{current_request_id, Error};
+use super::service::CollabService;
+use crate::auth::{AuthUser, Authenticator};
+use crate::error::Error;
 use crate::http::extract::{ApiJson, ApiQuery, DraftId};
-use crate::http::ClientInfo;
+use crate::http::request::{current_request_id, ClientInfo};
+use crate::ports::Page;
+
+/// The draft routes, for any state that can hand out the service and the
+/// token checker.
+pub fn router<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    CollabService: FromRef<S>,
+    Authenticator: FromRef<S>,
+{
+    Router::new()
+        .route("/v1/collab/drafts", get(list_drafts).post(create_draft))
+        .route("/v1/collab/drafts/{id}", get(get_draft))
+        .route(
+            "/v1/collab/drafts/{id}/segments",
+            get(list_segments).post(append_segment),
+        )
+        .route("/v1/collab/drafts/{id}/ring/pass", post(pass_ring))
+        .route(
+            "/v1/collab/drafts/{id}/collaborators",
+            post(add_collaborator),
+        )
+        .route("/v1/collab/drafts/{id}/events", get(list_events))
+}
 
 fn actor(user: AuthUser, client: &ClientInfo) -> Actor {
     Actor {
@@ -30,76 +56,74 @@ fn items<T: serde::Serialize>(items: Vec<T>) -> Json<serde_json::Value> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CreateDraft {
+struct CreateDraft {
     title: String,
 }
 
-pub async fn create_draft(
-    State(state): State<AppState>,
+async fn create_draft(
+    State(collab): State<CollabService>,
     user: AuthUser,
     Extension(client): Extension<ClientInfo>,
     ApiJson(body): ApiJson<CreateDraft>,
 ) -> Result<Response, Error> {
-    let draft = state
-        .collab
-        .create_draft(&actor(user, &client), &body.title)
-        .await?;
+    let title = DraftTitle::parse(&body.title)?;
+    let draft = collab.create_draft(&actor(user, &client), title).await?;
     Ok((StatusCode::CREATED, Json(draft)).into_response())
 }
 
-pub async fn list_drafts(
-    State(state): State<AppState>,
+async fn list_drafts(
+    State(collab): State<CollabService>,
     user: AuthUser,
 ) -> Result<Json<serde_json::Value>, Error> {
-    Ok(items(state.collab.list_drafts(&user.0).await?))
+    Ok(items(collab.list_drafts(&user.0).await?))
 }
 
-pub async fn get_draft(
-    State(state): State<AppState>,
+async fn get_draft(
+    State(collab): State<CollabService>,
     user: AuthUser,
     DraftId(id): DraftId,
 ) -> Result<Response, Error> {
-    let draft = state.collab.draft_for(&user.0, id).await?;
+    let draft = collab.draft_for(&user.0, id).await?;
     Ok(Json(draft).into_response())
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PageParams {
+struct PageParams {
     after: Option<u64>,
     limit: Option<u32>,
 }
 
-pub async fn list_segments(
-    State(state): State<AppState>,
+async fn list_segments(
+    State(collab): State<CollabService>,
     user: AuthUser,
     DraftId(id): DraftId,
     ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Json<serde_json::Value>, Error> {
     let page = Page::new(params.after, params.limit)?;
-    Ok(items(state.collab.segments(&user.0, id, page).await?))
+    Ok(items(collab.segments(&user.0, id, page).await?))
 }
 
-pub async fn list_events(
-    State(state): State<AppState>,
+async fn list_events(
+    State(collab): State<CollabService>,
     user: AuthUser,
     DraftId(id): DraftId,
     ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Json<serde_json::Value>, Error> {
     let page = Page::new(params.after, params.limit)?;
-    Ok(items(state.collab.events(&user.0, id, page).await?))
+    Ok(items(collab.events(&user.0, id, page).await?))
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AppendSegment {
+struct AppendSegment {
     content: String,
     idempotency_key: Option<String>,
 }
 
 /// 201 with the new segment, or 200 with the original on a replay.
-pub async fn append_segment(
-    State(state): State<AppState>,
+async fn append_segment(
+    State(collab): State<CollabService>,
     user: AuthUser,
     DraftId(id): DraftId,
     Extension(client): Extension<ClientInfo>,
@@ -114,10 +138,10 @@ pub async fn append_segment(
                 .to_owned(),
         ),
     };
-    let key = validate::pick_idempotency_key(body.idempotency_key, header_key)?;
-    let appended = state
-        .collab
-        .append(&actor(user, &client), id, &body.content, key.as_deref())
+    let key = IdempotencyKey::pick(body.idempotency_key, header_key)?;
+    let content = SegmentContent::parse(body.content)?;
+    let appended = collab
+        .append(&actor(user, &client), id, content, key)
         .await?;
     let status = if appended.replayed {
         StatusCode::OK
@@ -129,42 +153,40 @@ pub async fn append_segment(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PassRing {
+struct PassRing {
     to_user_id: String,
 }
 
-pub async fn pass_ring(
-    State(state): State<AppState>,
+async fn pass_ring(
+    State(collab): State<CollabService>,
     user: AuthUser,
     DraftId(id): DraftId,
     Extension(client): Extension<ClientInfo>,
     ApiJson(body): ApiJson<PassRing>,
 ) -> Result<Response, Error> {
-    let draft = state
-        .collab
-        .pass_ring(&actor(user, &client), id, &body.to_user_id)
-        .await?;
+    let to = UserId::parse(body.to_user_id)?;
+    let draft = collab.pass_ring(&actor(user, &client), id, &to).await?;
     Ok(Json(draft).into_response())
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AddCollaborator {
+struct AddCollaborator {
     user_id: String,
     role: Role,
 }
 
 /// 201 with the draft when the collaborator was added, 200 when they already were.
-pub async fn add_collaborator(
-    State(state): State<AppState>,
+async fn add_collaborator(
+    State(collab): State<CollabService>,
     user: AuthUser,
     DraftId(id): DraftId,
     Extension(client): Extension<ClientInfo>,
     ApiJson(body): ApiJson<AddCollaborator>,
 ) -> Result<Response, Error> {
-    let (draft, added) = state
-        .collab
-        .add_collaborator(&actor(user, &client), id, &body.user_id, body.role)
+    let collaborator = UserId::parse(body.user_id)?;
+    let (draft, added) = collab
+        .add_collaborator(&actor(user, &client), id, &collaborator, body.role)
         .await?;
     let status = if added {
         StatusCode::CREATED

@@ -2,9 +2,14 @@
 //! record every accepted mutation. These are the wire shapes too: the JSON a
 //! client sees is exactly what serde makes of these types.
 
+use std::str::FromStr;
+
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
+
+use super::input::{IdempotencyKey, UserId};
+use crate::error::Error;
 
 /// What a collaborator may do with a draft.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,6 +21,17 @@ pub enum Role {
     Editor,
     /// Reads and watches only.
     Viewer,
+}
+
+impl FromStr for Role {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self, Error> {
+        [Role::Owner, Role::Editor, Role::Viewer]
+            .into_iter()
+            .find(|r| r.as_str() == text)
+            .ok_or_else(|| Error::internal(format!("unknown role {text:?}")))
+    }
 }
 
 impl Role {
@@ -35,7 +51,7 @@ impl Role {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Collaborator {
-    pub user_id: String,
+    pub user_id: UserId,
     pub role: Role,
 }
 
@@ -43,8 +59,8 @@ pub struct Collaborator {
 pub struct Draft {
     pub id: Uuid,
     pub title: String,
-    pub owner_id: String,
-    pub ring_holder: String,
+    pub owner_id: UserId,
+    pub ring_holder: UserId,
     /// In the order they joined; the owner first.
     pub collaborators: Vec<Collaborator>,
     /// The head of the draft's event log: the seq of its latest event, 0 when new.
@@ -56,10 +72,10 @@ pub struct Draft {
 }
 
 impl Draft {
-    pub fn role_of(&self, user_id: &str) -> Option<Role> {
+    pub fn role_of(&self, user_id: &UserId) -> Option<Role> {
         self.collaborators
             .iter()
-            .find(|c| c.user_id == user_id)
+            .find(|c| c.user_id == *user_id)
             .map(|c| c.role)
     }
 }
@@ -70,9 +86,9 @@ pub struct Segment {
     pub draft_id: Uuid,
     /// The seq of the `segment_appended` event that created it.
     pub seq: u64,
-    pub author_id: String,
+    pub author_id: UserId,
     pub content: String,
-    pub idempotency_key: Option<String>,
+    pub idempotency_key: Option<IdempotencyKey>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
 }
@@ -96,18 +112,82 @@ impl EventType {
     }
 }
 
-/// One entry of a draft's ordered log, and the WebSocket frame that carries it.
+impl FromStr for EventType {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self, Error> {
+        [
+            EventType::SegmentAppended,
+            EventType::RingPassed,
+            EventType::CollaboratorAdded,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == text)
+        .ok_or_else(|| Error::internal(format!("unknown event type {text:?}")))
+    }
+}
+
+/// What an event says happened: its `type` and `data` on the wire.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data", rename_all = "snake_case")]
+pub enum EventBody {
+    SegmentAppended {
+        segment: Segment,
+    },
+    RingPassed {
+        from_user_id: UserId,
+        to_user_id: UserId,
+    },
+    CollaboratorAdded {
+        user_id: UserId,
+        role: Role,
+    },
+}
+
+impl EventBody {
+    pub fn event_type(&self) -> EventType {
+        match self {
+            EventBody::SegmentAppended { .. } => EventType::SegmentAppended,
+            EventBody::RingPassed { .. } => EventType::RingPassed,
+            EventBody::CollaboratorAdded { .. } => EventType::CollaboratorAdded,
+        }
+    }
+
+    /// The `data` object alone, for a store that keeps type and data apart.
+    pub fn data(&self) -> Result<serde_json::Value, Error> {
+        let mut tagged = serde_json::to_value(self).map_err(Error::internal)?;
+        Ok(tagged
+            .get_mut("data")
+            .map(serde_json::Value::take)
+            .unwrap_or_default())
+    }
+
+    /// Rebuilds a body from a stored type and data object.
+    pub fn from_parts(event_type: EventType, data: serde_json::Value) -> Result<Self, Error> {
+        let tagged = serde_json::json!({ "type": event_type.as_str(), "data": data });
+        serde_json::from_value(tagged)
+            .map_err(|e| Error::internal(format!("stored {} event: {e}", event_type.as_str())))
+    }
+}
+
+/// One entry of a draft's ordered log, and the WebSocket frame that carries
+/// it: `{"draft_id","seq","request_id","ts","type","data"}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {
-    #[serde(rename = "type")]
-    pub event_type: EventType,
     pub draft_id: Uuid,
     pub seq: u64,
     /// The request that caused the event, so a client can match its own writes.
     pub request_id: String,
     #[serde(with = "time::serde::rfc3339")]
     pub ts: OffsetDateTime,
-    pub data: serde_json::Value,
+    #[serde(flatten)]
+    pub body: EventBody,
+}
+
+impl Event {
+    pub fn event_type(&self) -> EventType {
+        self.body.event_type()
+    }
 }
 
 /// A state change the rules have accepted, before the store gives it a seq.
@@ -115,16 +195,16 @@ pub struct Event {
 pub enum Change {
     AppendSegment {
         segment_id: Uuid,
-        author_id: String,
+        author_id: UserId,
         content: String,
-        idempotency_key: Option<String>,
+        idempotency_key: Option<IdempotencyKey>,
     },
     PassRing {
-        from: String,
-        to: String,
+        from: UserId,
+        to: UserId,
     },
     AddCollaborator {
-        user_id: String,
+        user_id: UserId,
         role: Role,
     },
 }
@@ -165,9 +245,9 @@ pub enum Outcome {
 }
 
 /// Who asked, for events, audit rows and logs.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Actor {
-    pub user_id: String,
+    pub user_id: UserId,
     pub request_id: String,
     pub ip: Option<String>,
     pub user_agent: Option<String>,
@@ -191,7 +271,7 @@ impl Change {
         request_id: &str,
         ts: OffsetDateTime,
     ) -> (Event, Option<Segment>) {
-        let (event_type, data, segment) = match self {
+        let (body, segment) = match self {
             Change::AppendSegment {
                 segment_id,
                 author_id,
@@ -207,27 +287,32 @@ impl Change {
                     idempotency_key: idempotency_key.clone(),
                     created_at: ts,
                 };
-                let data = serde_json::json!({ "segment": segment });
-                (EventType::SegmentAppended, data, Some(segment))
+                let body = EventBody::SegmentAppended {
+                    segment: segment.clone(),
+                };
+                (body, Some(segment))
             }
             Change::PassRing { from, to } => (
-                EventType::RingPassed,
-                serde_json::json!({ "from_user_id": from, "to_user_id": to }),
+                EventBody::RingPassed {
+                    from_user_id: from.clone(),
+                    to_user_id: to.clone(),
+                },
                 None,
             ),
             Change::AddCollaborator { user_id, role } => (
-                EventType::CollaboratorAdded,
-                serde_json::json!({ "user_id": user_id, "role": role }),
+                EventBody::CollaboratorAdded {
+                    user_id: user_id.clone(),
+                    role: *role,
+                },
                 None,
             ),
         };
         let event = Event {
-            event_type,
             draft_id,
             seq,
             request_id: request_id.to_owned(),
             ts,
-            data,
+            body,
         };
         (event, segment)
     }
@@ -242,5 +327,100 @@ impl Change {
                 role: *role,
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(id: &str) -> UserId {
+        UserId::parse(id).unwrap()
+    }
+
+    /// The wire format of every event type, pinned: a client parses these.
+    #[test]
+    fn events_keep_their_wire_format_and_round_trip() {
+        let ts = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let draft_id = Uuid::nil();
+        let change = Change::AppendSegment {
+            segment_id: Uuid::nil(),
+            author_id: user("alice"),
+            content: "Hello".into(),
+            idempotency_key: Some(IdempotencyKey::parse("k1").unwrap()),
+        };
+        let (appended, _) = change.materialize(draft_id, 3, "req-1", ts);
+        let passed = Change::PassRing {
+            from: user("alice"),
+            to: user("bob"),
+        }
+        .materialize(draft_id, 4, "req-2", ts)
+        .0;
+        let added = Change::AddCollaborator {
+            user_id: user("vic"),
+            role: Role::Viewer,
+        }
+        .materialize(draft_id, 5, "req-3", ts)
+        .0;
+        let common = |kind: &str, seq: u64, request: &str, data: serde_json::Value| {
+            serde_json::json!({
+                "type": kind,
+                "draft_id": "00000000-0000-0000-0000-000000000000",
+                "seq": seq,
+                "request_id": request,
+                "ts": "2023-11-14T22:13:20Z",
+                "data": data,
+            })
+        };
+        let expected = [
+            common(
+                "segment_appended",
+                3,
+                "req-1",
+                serde_json::json!({ "segment": {
+                    "id": "00000000-0000-0000-0000-000000000000",
+                    "draft_id": "00000000-0000-0000-0000-000000000000",
+                    "seq": 3,
+                    "author_id": "alice",
+                    "content": "Hello",
+                    "idempotency_key": "k1",
+                    "created_at": "2023-11-14T22:13:20Z",
+                }}),
+            ),
+            common(
+                "ring_passed",
+                4,
+                "req-2",
+                serde_json::json!({ "from_user_id": "alice", "to_user_id": "bob" }),
+            ),
+            common(
+                "collaborator_added",
+                5,
+                "req-3",
+                serde_json::json!({ "user_id": "vic", "role": "viewer" }),
+            ),
+        ];
+        for (event, wire) in [appended, passed, added].into_iter().zip(expected) {
+            assert_eq!(serde_json::to_value(&event).unwrap(), wire);
+            let text = serde_json::to_string(&event).unwrap();
+            assert_eq!(serde_json::from_str::<Event>(&text).unwrap(), event);
+            let data = event.body.data().unwrap();
+            assert_eq!(data, wire["data"]);
+            let stored = EventBody::from_parts(event.event_type(), data).unwrap();
+            assert_eq!(stored, event.body);
+        }
+    }
+
+    #[test]
+    fn roles_and_event_types_parse_from_their_names() {
+        for role in [Role::Owner, Role::Editor, Role::Viewer] {
+            assert_eq!(role.as_str().parse::<Role>().unwrap(), role);
+        }
+        assert!("admin".parse::<Role>().is_err());
+        assert_eq!(
+            "ring_passed".parse::<EventType>().unwrap(),
+            EventType::RingPassed
+        );
+        assert!("renamed".parse::<EventType>().is_err());
     }
 }

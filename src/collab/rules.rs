@@ -10,11 +10,12 @@
 
 use uuid::Uuid;
 
+use super::input::{IdempotencyKey, SegmentContent, UserId};
 use super::model::{Change, Decision, Draft, DraftSnapshot, Role};
 use crate::error::Error;
 
 /// The caller's role, or `forbidden` when they are not a collaborator.
-pub fn require_member(draft: &Draft, user_id: &str) -> Result<Role, Error> {
+pub fn require_member(draft: &Draft, user_id: &UserId) -> Result<Role, Error> {
     draft
         .role_of(user_id)
         .ok_or_else(|| Error::Forbidden("you are not a collaborator on this draft".into()))
@@ -22,9 +23,9 @@ pub fn require_member(draft: &Draft, user_id: &str) -> Result<Role, Error> {
 
 pub fn decide_append(
     snap: &DraftSnapshot,
-    author_id: &str,
-    content: &str,
-    idempotency_key: Option<&str>,
+    author_id: &UserId,
+    content: &SegmentContent,
+    idempotency_key: Option<&IdempotencyKey>,
     segment_id: Uuid,
 ) -> Result<Decision, Error> {
     let role = require_member(&snap.draft, author_id)?;
@@ -36,21 +37,21 @@ pub fn decide_append(
     if !role.may_hold_ring() {
         return Err(Error::Forbidden("viewers cannot append".into()));
     }
-    if snap.draft.ring_holder != author_id {
+    if snap.draft.ring_holder != *author_id {
         return Err(Error::RingRequired);
     }
     Ok(Decision::Apply(Change::AppendSegment {
         segment_id,
-        author_id: author_id.to_owned(),
-        content: content.to_owned(),
-        idempotency_key: idempotency_key.map(str::to_owned),
+        author_id: author_id.clone(),
+        content: content.as_str().to_owned(),
+        idempotency_key: idempotency_key.cloned(),
     }))
 }
 
-pub fn decide_pass_ring(snap: &DraftSnapshot, by: &str, to: &str) -> Result<Decision, Error> {
+pub fn decide_pass_ring(snap: &DraftSnapshot, by: &UserId, to: &UserId) -> Result<Decision, Error> {
     let draft = &snap.draft;
     let role = require_member(draft, by)?;
-    if draft.ring_holder != by && role != Role::Owner {
+    if draft.ring_holder != *by && role != Role::Owner {
         return Err(Error::Forbidden(
             "only the ring holder or the owner can pass the ring".into(),
         ));
@@ -62,18 +63,18 @@ pub fn decide_pass_ring(snap: &DraftSnapshot, by: &str, to: &str) -> Result<Deci
         Some(r) if !r.may_hold_ring() => Err(Error::Validation(format!(
             "{to} is a viewer; the ring goes to an owner or editor"
         ))),
-        Some(_) if draft.ring_holder == to => Ok(Decision::Unchanged),
+        Some(_) if draft.ring_holder == *to => Ok(Decision::Unchanged),
         Some(_) => Ok(Decision::Apply(Change::PassRing {
             from: draft.ring_holder.clone(),
-            to: to.to_owned(),
+            to: to.clone(),
         })),
     }
 }
 
 pub fn decide_add_collaborator(
     snap: &DraftSnapshot,
-    by: &str,
-    user_id: &str,
+    by: &UserId,
+    user_id: &UserId,
     role: Role,
     max_collaborators: Option<u32>,
 ) -> Result<Decision, Error> {
@@ -106,7 +107,7 @@ pub fn decide_add_collaborator(
         }
     }
     Ok(Decision::Apply(Change::AddCollaborator {
-        user_id: user_id.to_owned(),
+        user_id: user_id.clone(),
         role,
     }))
 }
@@ -116,25 +117,54 @@ mod tests {
     use super::super::model::{now, Collaborator, Segment};
     use super::*;
 
+    fn u(id: &str) -> UserId {
+        UserId::parse(id).unwrap()
+    }
+
+    fn append(
+        s: &DraftSnapshot,
+        who: &str,
+        key: Option<&str>,
+        id: Uuid,
+    ) -> Result<Decision, Error> {
+        let key = key.map(|k| IdempotencyKey::parse(k).unwrap());
+        let content = SegmentContent::parse("x".into()).unwrap();
+        decide_append(s, &u(who), &content, key.as_ref(), id)
+    }
+
+    fn pass(s: &DraftSnapshot, by: &str, to: &str) -> Result<Decision, Error> {
+        decide_pass_ring(s, &u(by), &u(to))
+    }
+
+    fn add(
+        s: &DraftSnapshot,
+        by: &str,
+        who: &str,
+        role: Role,
+        cap: Option<u32>,
+    ) -> Result<Decision, Error> {
+        decide_add_collaborator(s, &u(by), &u(who), role, cap)
+    }
+
     fn snapshot() -> DraftSnapshot {
         let ts = now();
         DraftSnapshot {
             draft: Draft {
                 id: Uuid::new_v4(),
                 title: "t".into(),
-                owner_id: "olga".into(),
-                ring_holder: "olga".into(),
+                owner_id: u("olga"),
+                ring_holder: u("olga"),
                 collaborators: vec![
                     Collaborator {
-                        user_id: "olga".into(),
+                        user_id: u("olga"),
                         role: Role::Owner,
                     },
                     Collaborator {
-                        user_id: "ed".into(),
+                        user_id: u("ed"),
                         role: Role::Editor,
                     },
                     Collaborator {
-                        user_id: "vi".into(),
+                        user_id: u("vi"),
                         role: Role::Viewer,
                     },
                 ],
@@ -155,16 +185,10 @@ mod tests {
     fn only_the_holder_appends() {
         let s = snapshot();
         let id = Uuid::new_v4();
-        assert_eq!(code(decide_append(&s, "olga", "x", None, id)), "ok");
-        assert_eq!(
-            code(decide_append(&s, "ed", "x", None, id)),
-            "ring_required"
-        );
-        assert_eq!(code(decide_append(&s, "vi", "x", None, id)), "forbidden");
-        assert_eq!(
-            code(decide_append(&s, "stranger", "x", None, id)),
-            "forbidden"
-        );
+        assert_eq!(code(append(&s, "olga", None, id)), "ok");
+        assert_eq!(code(append(&s, "ed", None, id)), "ring_required");
+        assert_eq!(code(append(&s, "vi", None, id)), "forbidden");
+        assert_eq!(code(append(&s, "stranger", None, id)), "forbidden");
     }
 
     #[test]
@@ -174,23 +198,17 @@ mod tests {
             id: Uuid::new_v4(),
             draft_id: s.draft.id,
             seq: 1,
-            author_id: "ed".into(),
+            author_id: u("ed"),
             content: "x".into(),
-            idempotency_key: Some("k".into()),
+            idempotency_key: Some(IdempotencyKey::parse("k").unwrap()),
             created_at: now(),
         };
         s.replay = Some(original.clone());
-        let d = decide_append(&s, "ed", "x", Some("k"), Uuid::new_v4()).unwrap();
+        let d = append(&s, "ed", Some("k"), Uuid::new_v4()).unwrap();
         assert_eq!(d, Decision::Replay(original));
         // A stranger cannot read someone's segment by guessing a key.
         assert_eq!(
-            code(decide_append(
-                &s,
-                "stranger",
-                "x",
-                Some("k"),
-                Uuid::new_v4()
-            )),
+            code(append(&s, "stranger", Some("k"), Uuid::new_v4())),
             "forbidden"
         );
     }
@@ -198,72 +216,36 @@ mod tests {
     #[test]
     fn the_ring_goes_from_holder_or_owner_to_an_editor() {
         let mut s = snapshot();
-        assert_eq!(code(decide_pass_ring(&s, "olga", "ed")), "ok");
-        assert_eq!(code(decide_pass_ring(&s, "ed", "olga")), "forbidden");
-        assert_eq!(code(decide_pass_ring(&s, "olga", "vi")), "validation_error");
-        assert_eq!(
-            code(decide_pass_ring(&s, "olga", "nobody")),
-            "validation_error"
-        );
-        assert_eq!(
-            decide_pass_ring(&s, "olga", "olga").unwrap(),
-            Decision::Unchanged
-        );
-        s.draft.ring_holder = "ed".into();
-        assert_eq!(code(decide_pass_ring(&s, "ed", "olga")), "ok");
+        assert_eq!(code(pass(&s, "olga", "ed")), "ok");
+        assert_eq!(code(pass(&s, "ed", "olga")), "forbidden");
+        assert_eq!(code(pass(&s, "olga", "vi")), "validation_error");
+        assert_eq!(code(pass(&s, "olga", "nobody")), "validation_error");
+        assert_eq!(pass(&s, "olga", "olga").unwrap(), Decision::Unchanged);
+        s.draft.ring_holder = u("ed");
+        assert_eq!(code(pass(&s, "ed", "olga")), "ok");
         // The owner can take the ring back from anyone.
-        assert_eq!(code(decide_pass_ring(&s, "olga", "olga")), "ok");
+        assert_eq!(code(pass(&s, "olga", "olga")), "ok");
     }
 
     #[test]
     fn only_the_owner_adds_and_the_cap_is_hard() {
         let s = snapshot();
+        assert_eq!(code(add(&s, "olga", "new", Role::Editor, None)), "ok");
+        assert_eq!(code(add(&s, "ed", "new", Role::Editor, None)), "forbidden");
         assert_eq!(
-            code(decide_add_collaborator(
-                &s,
-                "olga",
-                "new",
-                Role::Editor,
-                None
-            )),
-            "ok"
-        );
-        assert_eq!(
-            code(decide_add_collaborator(&s, "ed", "new", Role::Editor, None)),
-            "forbidden"
-        );
-        assert_eq!(
-            code(decide_add_collaborator(
-                &s,
-                "olga",
-                "new",
-                Role::Owner,
-                None
-            )),
+            code(add(&s, "olga", "new", Role::Owner, None)),
             "validation_error"
         );
         assert_eq!(
-            code(decide_add_collaborator(
-                &s,
-                "olga",
-                "new",
-                Role::Viewer,
-                Some(3)
-            )),
+            code(add(&s, "olga", "new", Role::Viewer, Some(3))),
             "limit_exceeded"
         );
         assert_eq!(
-            decide_add_collaborator(&s, "olga", "ed", Role::Editor, Some(3)).unwrap(),
+            add(&s, "olga", "ed", Role::Editor, Some(3)).unwrap(),
             Decision::Unchanged
         );
         assert_eq!(
-            code(decide_add_collaborator(
-                &s,
-                "olga",
-                "ed",
-                Role::Viewer,
-                None
-            )),
+            code(add(&s, "olga", "ed", Role::Viewer, None)),
             "validation_error"
         );
     }

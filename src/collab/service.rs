@@ -1,6 +1,7 @@
-//! The collab service: validates input, runs the rules through the store's
-//! atomic `mutate`, then emits what was committed (fanout, audit, logs).
-//! It knows only the ports, never which adapters are behind them.
+//! The collab service: runs the rules through the store's atomic `mutate`,
+//! then emits what was committed (fanout, audit, logs). Its input arrives
+//! parsed (`collab::input`); it knows only the ports, never which adapters
+//! are behind them.
 
 use std::sync::Arc;
 
@@ -8,12 +9,12 @@ use serde_json::json;
 use tracing::instrument;
 use uuid::Uuid;
 
-use super::model::{now, Actor, Collaborator, Draft, Event, Outcome, Role, Segment};
+use super::audit::Auditor;
+use super::input::{DraftTitle, IdempotencyKey, SegmentContent, UserId};
+use super::model::{now, Actor, Collaborator, Draft, Event, EventBody, Outcome, Role, Segment};
 use super::rules;
-use super::validate::{self, Page};
-use crate::audit::{AuditAction, Auditor};
 use crate::error::Error;
-use crate::ports::{Fanout, Store};
+use crate::ports::{AuditAction, Fanout, Page, Store};
 use crate::telemetry::Metrics;
 
 /// Hard and soft caps from configuration.
@@ -59,21 +60,17 @@ impl CollabService {
         }
     }
 
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
-    }
-
-    pub fn auditor(&self) -> &Auditor {
-        &self.auditor
+    /// Audit rows that could not be written since start.
+    pub fn audit_failures(&self) -> u64 {
+        self.auditor.failed_writes()
     }
 
     #[instrument(skip_all)]
-    pub async fn create_draft(&self, actor: &Actor, title: &str) -> Result<Draft, Error> {
-        let title = validate::title(title)?;
+    pub async fn create_draft(&self, actor: &Actor, title: DraftTitle) -> Result<Draft, Error> {
         let ts = now();
         let draft = Draft {
             id: Uuid::new_v4(),
-            title,
+            title: title.into_string(),
             owner_id: actor.user_id.clone(),
             ring_holder: actor.user_id.clone(),
             collaborators: vec![Collaborator {
@@ -98,24 +95,36 @@ impl CollabService {
         Ok(draft)
     }
 
-    pub async fn list_drafts(&self, user_id: &str) -> Result<Vec<Draft>, Error> {
+    pub async fn list_drafts(&self, user_id: &UserId) -> Result<Vec<Draft>, Error> {
         self.store.drafts_for_user(user_id).await
     }
 
-    /// The draft, for any of its collaborators.
-    pub async fn draft_for(&self, user_id: &str, draft_id: Uuid) -> Result<Draft, Error> {
-        let draft = self
-            .store
+    /// The draft as stored now, whoever asks (`not_found` when there is none).
+    pub async fn draft(&self, draft_id: Uuid) -> Result<Draft, Error> {
+        self.store
             .get_draft(draft_id)
             .await?
-            .ok_or_else(|| Error::NotFound("draft not found".into()))?;
+            .ok_or_else(Error::draft_not_found)
+    }
+
+    /// The draft, for any of its collaborators.
+    pub async fn draft_for(&self, user_id: &UserId, draft_id: Uuid) -> Result<Draft, Error> {
+        let draft = self.draft(draft_id).await?;
         rules::require_member(&draft, user_id)?;
         Ok(draft)
     }
 
+    /// The draft's events after `after`, for a socket whose membership was
+    /// checked when it joined.
+    pub async fn events_after(&self, draft_id: Uuid, after: u64) -> Result<Vec<Event>, Error> {
+        self.store
+            .events(draft_id, Page::largest_after(after))
+            .await
+    }
+
     pub async fn segments(
         &self,
-        user_id: &str,
+        user_id: &UserId,
         draft_id: Uuid,
         page: Page,
     ) -> Result<Vec<Segment>, Error> {
@@ -125,7 +134,7 @@ impl CollabService {
 
     pub async fn events(
         &self,
-        user_id: &str,
+        user_id: &UserId,
         draft_id: Uuid,
         page: Page,
     ) -> Result<Vec<Event>, Error> {
@@ -138,15 +147,15 @@ impl CollabService {
         &self,
         actor: &Actor,
         draft_id: Uuid,
-        content: &str,
-        idempotency_key: Option<&str>,
+        content: SegmentContent,
+        idempotency_key: Option<IdempotencyKey>,
     ) -> Result<Appended, Error> {
-        validate::content(content)?;
         let segment_id = Uuid::new_v4();
+        let key = idempotency_key.as_ref();
         let outcome = self
             .store
-            .mutate(draft_id, idempotency_key, &actor.request_id, &|snap| {
-                rules::decide_append(snap, &actor.user_id, content, idempotency_key, segment_id)
+            .mutate(draft_id, key, &actor.request_id, &|snap| {
+                rules::decide_append(snap, &actor.user_id, &content, key, segment_id)
             })
             .await?;
         match outcome {
@@ -199,8 +208,12 @@ impl CollabService {
     }
 
     #[instrument(skip_all)]
-    pub async fn pass_ring(&self, actor: &Actor, draft_id: Uuid, to: &str) -> Result<Draft, Error> {
-        validate::user_id(to)?;
+    pub async fn pass_ring(
+        &self,
+        actor: &Actor,
+        draft_id: Uuid,
+        to: &UserId,
+    ) -> Result<Draft, Error> {
         let outcome = self
             .store
             .mutate(draft_id, None, &actor.request_id, &|snap| {
@@ -208,9 +221,10 @@ impl CollabService {
             })
             .await?;
         let from = match &outcome {
-            Outcome::Applied { event, .. } => {
-                event.data["from_user_id"].as_str().map(str::to_owned)
-            }
+            Outcome::Applied { event, .. } => match &event.body {
+                EventBody::RingPassed { from_user_id, .. } => Some(from_user_id.clone()),
+                _ => None,
+            },
             _ => None,
         };
         let draft = self.settle(outcome).await?;
@@ -234,10 +248,9 @@ impl CollabService {
         &self,
         actor: &Actor,
         draft_id: Uuid,
-        user_id: &str,
+        user_id: &UserId,
         role: Role,
     ) -> Result<(Draft, bool), Error> {
-        validate::user_id(user_id)?;
         let max = self.caps.max_collaborators;
         let outcome = self
             .store
@@ -277,7 +290,7 @@ impl CollabService {
     /// request: the event is in the store, and every room fills gaps from it.
     async fn emit(&self, event: &Event) {
         tracing::info!(
-            event_type = event.event_type.as_str(),
+            event_type = event.event_type().as_str(),
             seq = event.seq,
             "event committed"
         );
@@ -285,7 +298,7 @@ impl CollabService {
             tracing::warn!(
                 error_code = e.code(),
                 error.message = %e,
-                event_type = event.event_type.as_str(),
+                event_type = event.event_type().as_str(),
                 seq = event.seq,
                 "fanout publish failed; watchers will catch up from the store"
             );

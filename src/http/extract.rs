@@ -3,14 +3,16 @@
 //! `payload_too_large`.
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::extract::{FromRef, FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
+use crate::auth::{AuthUser, Authenticator};
 use crate::error::Error;
+use crate::text::truncate_chars;
 
 /// A JSON body.
 pub struct ApiJson<T>(pub T);
@@ -85,8 +87,29 @@ where
 /// serde's messages can quote the input; keep them short.
 fn clip(text: &str) -> String {
     const MAX: usize = 300;
-    match text.char_indices().nth(MAX) {
-        Some((end, _)) => format!("{}…", &text[..end]),
-        None => text.to_owned(),
+    let kept = truncate_chars(text, MAX);
+    if kept.len() < text.len() {
+        format!("{kept}…")
+    } else {
+        kept.to_owned()
+    }
+}
+
+/// The authenticated caller: reused when the rate-limit middleware verified
+/// the token already, else verified here. Recorded on the request span.
+impl<S> FromRequestParts<S> for AuthUser
+where
+    S: Send + Sync,
+    Authenticator: FromRef<S>,
+{
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let user = match parts.extensions.get::<AuthUser>() {
+            Some(user) => user.clone(),
+            None => AuthUser(Authenticator::from_ref(state).verify_headers(&parts.headers)?),
+        };
+        tracing::Span::current().record("user_id", user.0.as_str());
+        Ok(user)
     }
 }

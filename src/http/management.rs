@@ -2,44 +2,59 @@
 //! `/metrics` in Prometheus text format, and the liveness and readiness
 //! probes. Never served on the public port, so business figures do not leak.
 
+use std::sync::Arc;
+
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use super::{healthz, readyz};
-use crate::app::AppState;
+use super::{healthz, readyz, Health};
 use crate::error::Error;
 
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .fallback(|| async { Error::NotFound("no such route".into()) })
-        .with_state(state)
+#[derive(Clone)]
+struct Management<H> {
+    health: H,
+    /// `METRICS_AUTH_TOKEN`: when set, /metrics needs it as a bearer token.
+    token: Option<Arc<str>>,
 }
 
-async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Some(expected) = &state.config.metrics_auth_token {
+pub fn router<H: Health>(health: H, token: Option<String>) -> Router {
+    let state = Management {
+        health: health.clone(),
+        token: token.map(Arc::from),
+    };
+    Router::new()
+        .route("/metrics", get(metrics::<H>))
+        .with_state(state)
+        .merge(
+            Router::new()
+                .route("/healthz", get(healthz))
+                .route("/readyz", get(readyz::<H>))
+                .with_state(health),
+        )
+        .fallback(super::not_found)
+}
+
+async fn metrics<H: Health>(State(m): State<Management<H>>, headers: HeaderMap) -> Response {
+    if let Some(expected) = &m.token {
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(expected.as_str()) {
+        if given != Some(&**expected) {
             return Error::Unauthorized("metrics need the METRICS_AUTH_TOKEN bearer token")
                 .into_response();
         }
     }
-    state.collect_metrics().await;
     (
         StatusCode::OK,
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(),
+        m.health.metrics_text().await,
     )
         .into_response()
 }

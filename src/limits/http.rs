@@ -4,17 +4,19 @@
 //! `RateLimit-Policy` and `RateLimit` headers; an empty bucket answers 429
 //! `rate_limited` with `Retry-After`.
 
+use std::sync::Arc;
+
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::gcra::{RatePolicy, ThrottleReply};
-use crate::app::AppState;
-use crate::auth::AuthUser;
-use crate::config::Config;
+use crate::auth::{AuthUser, Authenticator};
 use crate::error::Error;
-use crate::http::ClientInfo;
+use crate::http::request::ClientInfo;
+use crate::ports::RateLimiter;
+use crate::telemetry::Metrics;
 
 /// The two policies: mutations are stricter than reads.
 #[derive(Clone, Debug)]
@@ -24,20 +26,18 @@ pub struct Policies {
 }
 
 impl Policies {
-    pub fn from_config(config: &Config) -> Self {
+    /// `per_minute` sustained and `burst` extra requests, for reads and for
+    /// mutations.
+    pub fn per_minute(read: (u32, u32), mutation: (u32, u32)) -> Self {
+        let policy = |name, (per_minute, burst): (u32, u32)| RatePolicy {
+            name,
+            max_burst: burst as i64,
+            count: per_minute as i64,
+            period_secs: 60,
+        };
         Policies {
-            read: RatePolicy {
-                name: "read",
-                max_burst: config.rate_limit_burst_default as i64,
-                count: config.rate_limit_per_minute_default as i64,
-                period_secs: 60,
-            },
-            mutation: RatePolicy {
-                name: "mutation",
-                max_burst: config.rate_limit_burst_mutation as i64,
-                count: config.rate_limit_per_minute_mutation as i64,
-                period_secs: 60,
-            },
+            read: policy("read", read),
+            mutation: policy("mutation", mutation),
         }
     }
 
@@ -60,8 +60,19 @@ fn exempt(req: &Request) -> bool {
     )
 }
 
-pub async fn rate_limit(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    if !state.config.rate_limit_enabled || exempt(&req) {
+/// What the rate-limit middleware needs.
+#[derive(Clone)]
+pub struct RateLimits {
+    /// `RATE_LIMIT_ENABLED`.
+    pub enabled: bool,
+    pub limiter: Arc<dyn RateLimiter>,
+    pub policies: Arc<Policies>,
+    pub auth: Authenticator,
+    pub metrics: Metrics,
+}
+
+pub async fn rate_limit(State(state): State<RateLimits>, mut req: Request, next: Next) -> Response {
+    if !state.enabled || exempt(&req) {
         return next.run(req).await;
     }
     // Key by the verified user when the token is good; the handler will

@@ -23,13 +23,17 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::collab::model::{Event, EventType};
-use crate::collab::validate::{Page, MAX_PAGE_LIMIT};
 use crate::error::Error;
-use crate::ports::{Fanout, Store};
+use crate::ports::{Fanout, Page, RoomSink, Store, MAX_PAGE_LIMIT};
 use crate::telemetry::Metrics;
 
 /// Room queue length. Past it, events are dropped and refetched from the store.
 const ROOM_QUEUE: usize = 1024;
+/// Most events a room holds ahead of a gap it cannot fill yet (the store is
+/// unreachable from this replica while others keep publishing). Past it the
+/// room lets them go and refetches them from the store, which has them all:
+/// memory per room stays bounded however long the outage.
+const MAX_PENDING: usize = 1024;
 /// How soon a room retries a store read that failed while filling a gap.
 const GAP_RETRY: Duration = Duration::from_millis(500);
 
@@ -46,7 +50,7 @@ impl Frame {
         let text = serde_json::to_string(event).map_err(Error::internal)?;
         Ok(Frame {
             seq: event.seq,
-            event_type: event.event_type,
+            event_type: event.event_type(),
             text: text.into(),
         })
     }
@@ -96,8 +100,16 @@ impl RoomRegistry {
         self.rooms.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Hands an event to its room, if this process has one. Never blocks.
-    pub fn deliver(&self, event: Event) {
+    /// Rooms with at least one local socket.
+    pub fn local_rooms(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// The fanout delivers here. Neither call ever blocks: a full room queue
+/// marks the room lagged instead, and the room refills from the store.
+impl RoomSink for RoomRegistry {
+    fn deliver(&self, event: Event) {
         let rooms = self.lock();
         if let Some(room) = rooms.get(&event.draft_id) {
             if room.tx.try_send(RoomMsg::Deliver(event)).is_err() {
@@ -106,19 +118,12 @@ impl RoomRegistry {
         }
     }
 
-    /// Asks every room to check its head against the store, e.g. after the
-    /// fanout reconnected and may have missed events.
-    pub fn resync_all(&self) {
+    fn resync_all(&self) {
         for room in self.lock().values() {
             if room.tx.try_send(RoomMsg::Resync).is_err() {
                 room.lagged.store(true, Ordering::Release);
             }
         }
-    }
-
-    /// Rooms with at least one local socket.
-    pub fn local_rooms(&self) -> usize {
-        self.lock().len()
     }
 }
 
@@ -170,7 +175,7 @@ impl Hub {
             false => Err(Error::internal("room stopped during join")),
         };
         if head.is_err() {
-            self.forget(draft_id);
+            self.count_out(draft_id);
         }
         head
     }
@@ -181,11 +186,11 @@ impl Hub {
         if let Some(tx) = tx {
             let _ = tx.send(RoomMsg::Leave(connection_id)).await;
         }
-        self.forget(draft_id);
+        self.count_out(draft_id);
     }
 
     /// Counts one member out, stopping the room when none remain.
-    fn forget(&self, draft_id: Uuid) {
+    fn count_out(&self, draft_id: Uuid) {
         let mut rooms = self.registry.lock();
         if let Some(room) = rooms.get_mut(&draft_id) {
             room.members = room.members.saturating_sub(1);
@@ -253,9 +258,7 @@ impl Room {
             match msg {
                 None | Some(RoomMsg::Stop) => break,
                 Some(RoomMsg::Deliver(event)) => {
-                    if self.head.is_none_or(|head| event.seq > head) {
-                        self.pending.insert(event.seq, event);
-                    }
+                    self.hold(event);
                     self.advance().await;
                 }
                 Some(RoomMsg::Join { member, reply }) => {
@@ -284,6 +287,20 @@ impl Room {
         }
     }
 
+    /// Keeps an event that continues or runs ahead of the head, up to
+    /// `MAX_PENDING` of them; past that, the store fills them in later.
+    fn hold(&mut self, event: Event) {
+        if self.head.is_some_and(|head| event.seq <= head) {
+            return;
+        }
+        if self.pending.len() >= MAX_PENDING {
+            self.pending.clear();
+            self.retry_gap = true;
+            return;
+        }
+        self.pending.insert(event.seq, event);
+    }
+
     async fn load_head(&mut self) -> Result<u64, Error> {
         if let Some(head) = self.head {
             return Ok(head);
@@ -292,7 +309,7 @@ impl Room {
             .store
             .get_draft(self.draft_id)
             .await?
-            .ok_or_else(|| Error::NotFound("draft not found".into()))?;
+            .ok_or_else(Error::draft_not_found)?;
         self.head = Some(draft.seq);
         self.pending = self.pending.split_off(&(draft.seq + 1));
         Ok(draft.seq)
@@ -328,11 +345,11 @@ impl Room {
             if until.is_some_and(|u| head + 1 >= u) {
                 return true;
             }
-            let page = Page {
-                after: head,
-                limit: MAX_PAGE_LIMIT,
-            };
-            let events = match self.store.events(self.draft_id, page).await {
+            let events = match self
+                .store
+                .events(self.draft_id, Page::largest_after(head))
+                .await
+            {
                 Ok(events) => events,
                 Err(e) => {
                     tracing::warn!(error.message = %e, after = head, "gap fill from store failed");

@@ -11,25 +11,31 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::{FromRef, Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
 use futures_util::SinkExt;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::hub::{Frame, Member};
-use crate::app::AppState;
+use super::hub::{Frame, Hub, Member};
+use crate::auth::Authenticator;
+use crate::collab::input::UserId;
 use crate::collab::model::Draft;
 use crate::collab::rules::require_member;
-use crate::collab::validate::{Page, MAX_PAGE_LIMIT};
-use crate::error::{current_request_id, Error};
+use crate::collab::service::CollabService;
+use crate::error::Error;
 use crate::http::extract::DraftId;
-use crate::ports::{Admission, SocketClaim};
+use crate::http::request::current_request_id;
+use crate::ports::{Admission, SocketCaps, SocketClaim, SocketLeases};
+use crate::telemetry::Metrics;
 
 /// How long a closing handshake may take before the connection is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -40,53 +46,74 @@ const CLOSE_GOING_AWAY: u16 = 1001;
 const CLOSE_POLICY: u16 = 1008;
 const CLOSE_TRY_AGAIN: u16 = 1013;
 
+/// Everything a session needs, built once by `app.rs`. Cheap to clone.
+#[derive(Clone)]
+pub struct Sessions {
+    pub auth: Authenticator,
+    pub collab: CollabService,
+    pub hub: Hub,
+    pub leases: Arc<dyn SocketLeases>,
+    pub caps: SocketCaps,
+    pub settings: SocketSettings,
+    pub metrics: Metrics,
+    /// Cancelled when draining starts; every session watches it.
+    pub shutdown: CancellationToken,
+    /// Tracks sessions so shutdown can wait for their goodbyes.
+    pub tracker: TaskTracker,
+}
+
+/// The per-socket knobs: `WS_MAX_MESSAGE_BYTES`, `WS_OUTBOUND_QUEUE`,
+/// `WS_ALLOWED_ORIGINS`.
+#[derive(Clone, Debug)]
+pub struct SocketSettings {
+    pub max_message_bytes: usize,
+    pub outbound_queue: usize,
+    pub allowed_origins: Arc<[String]>,
+}
+
+/// The WebSocket route, for any state that can hand out `Sessions`.
+pub fn router<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Sessions: FromRef<S>,
+{
+    Router::new().route("/v1/collab/drafts/{id}/ws", get(upgrade))
+}
+
 /// `GET /v1/collab/drafts/:id/ws?since=N[&access_token=...]`
-pub async fn upgrade(
-    State(state): State<AppState>,
+async fn upgrade(
+    State(sessions): State<Sessions>,
     DraftId(draft_id): DraftId,
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, Error> {
-    if state.shutdown.is_cancelled() {
+    if sessions.shutdown.is_cancelled() {
         return Err(Error::Unavailable(
             "draining: not accepting new sockets".into(),
         ));
     }
     let ws = ws.map_err(|_| Error::Validation("expected a WebSocket upgrade request".into()))?;
-    check_origin(&headers, &state.config.ws_allowed_origins)?;
-    let user_id = match params.get("access_token") {
-        Some(token) if !headers.contains_key(header::AUTHORIZATION) => state.auth.verify(token)?,
-        _ => state.auth.verify_headers(&headers)?,
-    };
+    check_origin(&headers, &sessions.settings.allowed_origins)?;
+    let user_id = authenticate(&sessions.auth, &params, &headers)?;
     tracing::Span::current().record("user_id", user_id.as_str());
-    let since = match params.get("since") {
-        None => None,
-        Some(text) => Some(
-            text.parse::<u64>()
-                .map_err(|_| Error::Validation("since must be a non-negative integer".into()))?,
-        ),
-    };
-    let draft = state
-        .collab
-        .store()
-        .get_draft(draft_id)
-        .await?
-        .ok_or_else(|| Error::NotFound("draft not found".into()))?;
+    let since = since_of(&params)?;
+    let draft = sessions.collab.draft(draft_id).await?;
     if since.is_some_and(|s| s > draft.seq) {
         return Err(Error::Validation(format!(
             "since is ahead of the draft's head ({})",
             draft.seq
         )));
     }
-    let max = state.config.ws_max_message_bytes as usize;
+    let max = sessions.settings.max_message_bytes;
     // tungstenite refuses far larger messages itself, mid-read, and then the
     // close handshake cannot complete (the rest of the message is unread).
     // Up to this bound the session reads the message whole and answers with
     // a clean `payload_too_large` close; past it the close is best effort.
     let hard_max = (max * 16).max(1 << 20);
+    let tracker = sessions.tracker.clone();
     let session = Session {
-        state: state.clone(),
+        sessions,
         connection_id: Uuid::new_v4(),
         user_id,
         draft,
@@ -102,7 +129,6 @@ pub async fn upgrade(
         user_id = %session.user_id,
         request_id = %session.request_id,
     );
-    let tracker = state.sockets.clone();
     // tungstenite allocates 128 KiB read and write buffers per socket by
     // default; idle sockets are the common case, so start small (buffers
     // still grow for a large frame). Measured: docs/BENCHMARKS.md.
@@ -112,6 +138,29 @@ pub async fn upgrade(
         .max_message_size(hard_max)
         .max_frame_size(hard_max)
         .on_upgrade(move |socket| tracker.track_future(session.run(socket).instrument(span))))
+}
+
+/// The caller: the `Authorization` header, or (for browsers, which cannot
+/// set headers on a WebSocket) the `access_token` query parameter.
+fn authenticate(
+    auth: &Authenticator,
+    params: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Result<UserId, Error> {
+    match params.get("access_token") {
+        Some(token) if !headers.contains_key(header::AUTHORIZATION) => auth.verify(token),
+        _ => auth.verify_headers(headers),
+    }
+}
+
+fn since_of(params: &HashMap<String, String>) -> Result<Option<u64>, Error> {
+    params
+        .get("since")
+        .map(|text| {
+            text.parse::<u64>()
+                .map_err(|_| Error::Validation("since must be a non-negative integer".into()))
+        })
+        .transpose()
 }
 
 /// Browsers send `Origin`; when an allow-list is set, it must match. Clients
@@ -164,9 +213,9 @@ impl Ending {
         }
     }
 
-    /// (code, message, close code), or `None` when there is no one to tell.
-    fn notice(self) -> Option<(&'static str, &'static str, u16)> {
-        Some(match self {
+    /// What the client is told, or `None` when there is no one to tell.
+    fn notice(self) -> Option<Notice> {
+        let (code, message, close_code) = match self {
             Ending::ClientGone => return None,
             Ending::Shutdown => (
                 "shutdown",
@@ -199,14 +248,27 @@ impl Ending {
                 "service temporarily unavailable, retry later",
                 CLOSE_TRY_AGAIN,
             ),
+        };
+        Some(Notice {
+            code,
+            message,
+            close_code,
         })
     }
 }
 
+/// The goodbye of a session that ends for a reason the client should know:
+/// an error frame with `code` and `message`, then a close frame.
+struct Notice {
+    code: &'static str,
+    message: &'static str,
+    close_code: u16,
+}
+
 struct Session {
-    state: AppState,
+    sessions: Sessions,
     connection_id: Uuid,
-    user_id: String,
+    user_id: UserId,
     draft: Draft,
     since: Option<u64>,
     request_id: String,
@@ -215,7 +277,7 @@ struct Session {
 impl Session {
     async fn run(self, mut socket: WebSocket) {
         let started = Instant::now();
-        let metrics = self.state.metrics.clone();
+        let metrics = self.sessions.metrics.clone();
         metrics.ws_opened();
         let ending = self.admit_and_serve(&mut socket).await;
         match ending {
@@ -233,6 +295,8 @@ impl Session {
         metrics.ws_closed(ending.reason(), started.elapsed().as_secs_f64());
     }
 
+    /// Membership, then a socket lease against the caps, then the stream;
+    /// the lease is released however the stream ends.
     async fn admit_and_serve(&self, socket: &mut WebSocket) -> Ending {
         if require_member(&self.draft, &self.user_id).is_err() {
             return Ending::Forbidden;
@@ -242,16 +306,12 @@ impl Session {
             user_id: self.user_id.clone(),
             draft_id: self.draft.id,
         };
-        match self
-            .state
-            .leases
-            .acquire(&claim, &self.state.socket_caps)
-            .await
-        {
+        let leases = &self.sessions.leases;
+        match leases.acquire(&claim, &self.sessions.caps).await {
             Ok(Admission::Admitted) => {}
             Ok(Admission::Refused(scope)) => {
                 tracing::info!(scope = scope.as_str(), "socket refused by cap");
-                self.state.metrics.ws_limit_rejected(scope.as_str());
+                self.sessions.metrics.ws_limit_rejected(scope.as_str());
                 return Ending::Limit;
             }
             Err(e) => {
@@ -260,22 +320,22 @@ impl Session {
             }
         }
         let ending = self.serve(socket).await;
-        if let Err(e) = self.state.leases.release(self.connection_id).await {
+        if let Err(e) = leases.release(self.connection_id).await {
             tracing::warn!(error.message = %e, "socket lease release failed");
         }
         ending
     }
 
+    /// Joins the draft's room, streams, and leaves the room.
     async fn serve(&self, socket: &mut WebSocket) -> Ending {
-        let queue = self.state.config.ws_outbound_queue as usize;
-        let (tx, mut rx) = mpsc::channel(queue);
+        let (tx, mut rx) = mpsc::channel(self.sessions.settings.outbound_queue);
         let kick = CancellationToken::new();
         let member = Member {
             connection_id: self.connection_id,
             tx,
             kick: kick.clone(),
         };
-        let hub = &self.state.hub;
+        let hub = &self.sessions.hub;
         let head = match hub.join(self.draft.id, member).await {
             Ok(head) => head,
             Err(e) => {
@@ -285,13 +345,15 @@ impl Session {
         };
         let signals = Signals {
             kick,
-            shutdown: self.state.shutdown.clone(),
+            shutdown: self.sessions.shutdown.clone(),
         };
         let ending = self.stream(socket, &mut rx, head, &signals).await;
         hub.leave(self.draft.id, self.connection_id).await;
         ending
     }
 
+    /// `ready`, the replay of `since`, then live events and the client's
+    /// frames until something ends the session.
     async fn stream(
         &self,
         socket: &mut WebSocket,
@@ -299,78 +361,120 @@ impl Session {
         head: u64,
         signals: &Signals,
     ) -> Ending {
+        let mut last_sent = self.since.unwrap_or(head);
+        let greeted = async {
+            self.send_ready(socket, head, signals).await?;
+            self.replay(socket, &mut last_sent, head, signals).await
+        };
+        if let Err(ending) = greeted.await {
+            return ending;
+        }
+        loop {
+            let step = tokio::select! {
+                biased;
+                _ = signals.shutdown.cancelled() => Err(Ending::Shutdown),
+                _ = signals.kick.cancelled() => Err(Ending::SlowConsumer),
+                frame = rx.recv() => self.on_frame(socket, frame, &mut last_sent, signals).await,
+                inbound = socket.recv() => self.on_inbound(socket, inbound, signals).await,
+            };
+            if let Err(ending) = step {
+                return ending;
+            }
+        }
+    }
+
+    async fn send_ready(
+        &self,
+        socket: &mut WebSocket,
+        head: u64,
+        signals: &Signals,
+    ) -> Result<(), Ending> {
         let ready = json!({
             "type": "ready",
             "connection_id": self.connection_id,
             "draft_id": self.draft.id,
             "seq": head,
         });
-        if let Err(ending) = signals
+        signals
             .send(socket, Message::Text(ready.to_string().into()))
-            .await
-        {
-            return ending;
-        }
-        let metrics = &self.state.metrics;
-        metrics.ws_sent("ready");
+            .await?;
+        self.sessions.metrics.ws_sent("ready");
         tracing::info!(seq = head, since = self.since, "socket joined");
-        let mut last_sent = self.since.unwrap_or(head);
-        if let Err(ending) = self.replay(socket, &mut last_sent, head, signals).await {
-            return ending;
+        Ok(())
+    }
+
+    /// A frame from the room: sent unless the client has it already; a gap
+    /// before it (not expected: rooms deliver in order) is filled first.
+    async fn on_frame(
+        &self,
+        socket: &mut WebSocket,
+        frame: Option<Arc<Frame>>,
+        last_sent: &mut u64,
+        signals: &Signals,
+    ) -> Result<(), Ending> {
+        let Some(frame) = frame else {
+            // The room let go of us: it kicked us, or it stopped.
+            return Err(if signals.kick.is_cancelled() {
+                Ending::SlowConsumer
+            } else {
+                Ending::Unavailable
+            });
+        };
+        if frame.seq <= *last_sent {
+            return Ok(());
         }
-        let max = self.state.config.ws_max_message_bytes as usize;
-        loop {
-            tokio::select! {
-                biased;
-                _ = signals.shutdown.cancelled() => return Ending::Shutdown,
-                _ = signals.kick.cancelled() => return Ending::SlowConsumer,
-                frame = rx.recv() => {
-                    let Some(frame) = frame else {
-                        // The room let go of us: it kicked us, or it stopped.
-                        return if signals.kick.is_cancelled() { Ending::SlowConsumer } else { Ending::Unavailable };
-                    };
-                    if frame.seq <= last_sent {
-                        continue;
-                    }
-                    if frame.seq > last_sent + 1 {
-                        // Not expected (rooms deliver in order), but never skip.
-                        if let Err(ending) = self.replay(socket, &mut last_sent, frame.seq - 1, signals).await {
-                            return ending;
-                        }
-                    }
-                    if let Err(ending) = signals.send(socket, Message::Text(frame.text.clone())).await {
-                        return ending;
-                    }
-                    tracing::debug!(event_type = frame.event_type.as_str(), seq = frame.seq, "event sent");
-                    metrics.ws_sent(frame.event_type.as_str());
-                    last_sent = frame.seq;
+        if frame.seq > *last_sent + 1 {
+            self.replay(socket, last_sent, frame.seq - 1, signals)
+                .await?;
+        }
+        signals
+            .send(socket, Message::Text(frame.text.clone()))
+            .await?;
+        tracing::debug!(
+            event_type = frame.event_type.as_str(),
+            seq = frame.seq,
+            "event sent"
+        );
+        self.sessions.metrics.ws_sent(frame.event_type.as_str());
+        *last_sent = frame.seq;
+        Ok(())
+    }
+
+    /// A frame from the client: a ping is answered; anything else ends the
+    /// session with the reason.
+    async fn on_inbound(
+        &self,
+        socket: &mut WebSocket,
+        inbound: Option<Result<Message, axum::Error>>,
+        signals: &Signals,
+    ) -> Result<(), Ending> {
+        let max = self.sessions.settings.max_message_bytes;
+        let metrics = &self.sessions.metrics;
+        match inbound {
+            None | Some(Ok(Message::Close(_))) => Err(Ending::ClientGone),
+            Some(Err(e)) => Err(classify(e)),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
+            Some(Ok(Message::Binary(bytes))) => {
+                metrics.ws_received();
+                Err(if bytes.len() > max {
+                    Ending::TooLarge
+                } else {
+                    Ending::BadMessage
+                })
+            }
+            Some(Ok(Message::Text(text))) => {
+                metrics.ws_received();
+                if text.len() > max {
+                    return Err(Ending::TooLarge);
                 }
-                inbound = socket.recv() => {
-                    match inbound {
-                        None | Some(Ok(Message::Close(_))) => return Ending::ClientGone,
-                        Some(Err(e)) => return classify(e),
-                        Some(Ok(Message::Text(text))) => {
-                            metrics.ws_received();
-                            if text.len() > max {
-                                return Ending::TooLarge;
-                            }
-                            match serde_json::from_str::<Inbound>(text.as_str()) {
-                                Ok(Inbound::Ping) => {
-                                    let pong = Message::Text(Utf8Bytes::from_static(r#"{"type":"pong"}"#));
-                                    if let Err(ending) = signals.send(socket, pong).await {
-                                        return ending;
-                                    }
-                                    metrics.ws_sent("pong");
-                                }
-                                Err(_) => return Ending::BadMessage,
-                            }
-                        }
-                        Some(Ok(Message::Binary(bytes))) => {
-                            metrics.ws_received();
-                            return if bytes.len() > max { Ending::TooLarge } else { Ending::BadMessage };
-                        }
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                match serde_json::from_str::<Inbound>(text.as_str()) {
+                    Ok(Inbound::Ping) => {
+                        let pong = Message::Text(Utf8Bytes::from_static(r#"{"type":"pong"}"#));
+                        signals.send(socket, pong).await?;
+                        metrics.ws_sent("pong");
+                        Ok(())
                     }
+                    Err(_) => Err(Ending::BadMessage),
                 }
             }
         }
@@ -385,15 +489,10 @@ impl Session {
         signals: &Signals,
     ) -> Result<(), Ending> {
         while *last_sent < until {
-            let page = Page {
-                after: *last_sent,
-                limit: MAX_PAGE_LIMIT,
-            };
             let events = self
-                .state
+                .sessions
                 .collab
-                .store()
-                .events(self.draft.id, page)
+                .events_after(self.draft.id, *last_sent)
                 .await
                 .map_err(|e| {
                     tracing::warn!(error.message = %e, "replay from store failed");
@@ -410,7 +509,7 @@ impl Session {
             for event in events.iter().take_while(|e| e.seq <= until) {
                 let frame = Frame::new(event).map_err(|_| Ending::Unavailable)?;
                 signals.send(socket, Message::Text(frame.text)).await?;
-                self.state.metrics.ws_sent(event.event_type.as_str());
+                self.sessions.metrics.ws_sent(frame.event_type.as_str());
                 *last_sent = event.seq;
             }
         }
@@ -452,7 +551,12 @@ impl Signals {
 /// closing handshake, all within `CLOSE_TIMEOUT`. True when an error frame
 /// was sent.
 async fn close(socket: &mut WebSocket, ending: Ending) -> bool {
-    let Some((code, message, close_code)) = ending.notice() else {
+    let Some(Notice {
+        code,
+        message,
+        close_code,
+    }) = ending.notice()
+    else {
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.close()).await;
         return false;
     };

@@ -19,12 +19,44 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::config::LogFormat;
-
 pub mod metrics;
 pub mod process;
 
 pub use self::metrics::Metrics;
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line, for log pipelines.
+    Json,
+    /// Compact human-readable lines, coloured on a terminal.
+    Pretty,
+}
+
+/// Where finished spans go.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Exporter {
+    /// OTLP over HTTP to a collector.
+    #[default]
+    Otlp,
+    /// Printed on stdout, for a look without a collector.
+    Console,
+    /// Nowhere: tracing off whatever else is set.
+    None,
+}
+
+/// Which traces are kept: the OpenTelemetry samplers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Sampling {
+    AlwaysOn,
+    AlwaysOff,
+    Ratio,
+    /// Follow the caller's decision; sample every root (the default).
+    #[default]
+    ParentAlwaysOn,
+    ParentAlwaysOff,
+    ParentRatio,
+}
 
 /// Where spans go.
 #[derive(Clone, Debug, Default)]
@@ -32,33 +64,32 @@ pub struct TraceSettings {
     pub enabled: bool,
     /// OTLP/HTTP base URL (`/v1/traces` is appended); default http://localhost:4318.
     pub otlp_endpoint: Option<String>,
-    /// `otlp` (default), `console` or `none`.
-    pub exporter: Option<String>,
+    /// Set explicitly, or left to the default (OTLP).
+    pub exporter: Option<Exporter>,
     pub service_name: String,
-    /// `always_on`, `always_off`, `traceidratio`, `parentbased_always_on`
-    /// (default), `parentbased_always_off`, `parentbased_traceidratio`.
-    pub sampler: Option<String>,
+    pub sampling: Sampling,
+    /// The ratio of the ratio samplers, 0.0 to 1.0 (default 1.0).
     pub sampler_arg: Option<f64>,
 }
 
 impl TraceSettings {
     fn active(&self) -> bool {
-        let exporter = self.exporter.as_deref();
-        exporter != Some("none")
-            && (self.enabled || self.otlp_endpoint.is_some() || exporter == Some("console"))
+        self.exporter != Some(Exporter::None)
+            && (self.enabled
+                || self.otlp_endpoint.is_some()
+                || self.exporter == Some(Exporter::Console))
     }
 
     fn sampler(&self) -> Sampler {
         let ratio = self.sampler_arg.unwrap_or(1.0).clamp(0.0, 1.0);
-        match self.sampler.as_deref().unwrap_or("parentbased_always_on") {
-            "always_on" => Sampler::AlwaysOn,
-            "always_off" => Sampler::AlwaysOff,
-            "traceidratio" => Sampler::TraceIdRatioBased(ratio),
-            "parentbased_always_off" => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
-            "parentbased_traceidratio" => {
-                Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio)))
-            }
-            _ => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+        let parent = |root: Sampler| Sampler::ParentBased(Box::new(root));
+        match self.sampling {
+            Sampling::AlwaysOn => Sampler::AlwaysOn,
+            Sampling::AlwaysOff => Sampler::AlwaysOff,
+            Sampling::Ratio => Sampler::TraceIdRatioBased(ratio),
+            Sampling::ParentAlwaysOn => parent(Sampler::AlwaysOn),
+            Sampling::ParentAlwaysOff => parent(Sampler::AlwaysOff),
+            Sampling::ParentRatio => parent(Sampler::TraceIdRatioBased(ratio)),
         }
     }
 }
@@ -85,7 +116,7 @@ fn provider(settings: &TraceSettings) -> Result<SdkTracerProvider, String> {
     let builder = SdkTracerProvider::builder()
         .with_sampler(settings.sampler())
         .with_resource(resource);
-    let builder = if settings.exporter.as_deref() == Some("console") {
+    let builder = if settings.exporter == Some(Exporter::Console) {
         builder.with_simple_exporter(opentelemetry_stdout::SpanExporter::default())
     } else {
         let base = settings

@@ -4,9 +4,8 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use crate::audit::AuditRecord;
 use crate::error::Error;
-use crate::ports::AuditSink;
+use crate::ports::{AuditRecord, AuditSink};
 
 #[derive(Default)]
 pub struct MemoryAudit {

@@ -2,20 +2,21 @@
 //! rooms. Subscribing is a no-op because every room of the process already
 //! receives everything the registry routes to it.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use uuid::Uuid;
 
 use crate::collab::model::Event;
 use crate::error::Error;
-use crate::ports::Fanout;
-use crate::realtime::hub::RoomRegistry;
+use crate::ports::{Fanout, RoomSink};
 
 pub struct MemoryFanout {
-    rooms: RoomRegistry,
+    rooms: Arc<dyn RoomSink>,
 }
 
 impl MemoryFanout {
-    pub fn new(rooms: RoomRegistry) -> Self {
+    pub fn new(rooms: Arc<dyn RoomSink>) -> Self {
         MemoryFanout { rooms }
     }
 }

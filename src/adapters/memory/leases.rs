@@ -8,13 +8,16 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use uuid::Uuid;
 
+use crate::collab::input::UserId;
 use crate::error::Error;
 use crate::ports::{Admission, LimitScope, Rooms, SocketCaps, SocketClaim, SocketLeases};
 
+/// Every map holds only what open sockets hold: an entry per socket, and a
+/// count per user and per draft that is removed when it reaches zero.
 #[derive(Default)]
 struct Counts {
     sockets: HashMap<Uuid, SocketClaim>,
-    per_user: HashMap<String, u32>,
+    per_user: HashMap<UserId, u32>,
     per_draft: HashMap<Uuid, u32>,
 }
 
@@ -94,7 +97,7 @@ mod tests {
     fn claim(user: &str, draft: Uuid) -> SocketClaim {
         SocketClaim {
             connection_id: Uuid::new_v4(),
-            user_id: user.into(),
+            user_id: UserId::parse(user).unwrap(),
             draft_id: draft,
         }
     }

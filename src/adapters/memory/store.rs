@@ -10,17 +10,17 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use uuid::Uuid;
 
+use crate::collab::input::{IdempotencyKey, UserId};
 use crate::collab::model::{now, Decision, Draft, DraftSnapshot, Event, Outcome, Segment};
-use crate::collab::validate::Page;
 use crate::error::Error;
-use crate::ports::{Decide, Store, StoreCounts};
+use crate::ports::{Decide, Page, Store, StoreCounts};
 
 struct DraftRecord {
     draft: Draft,
     segments: Vec<Segment>,
     events: Vec<Event>,
     /// Idempotency key → index into `segments`.
-    by_key: HashMap<String, usize>,
+    by_key: HashMap<IdempotencyKey, usize>,
 }
 
 #[derive(Default)]
@@ -78,7 +78,7 @@ impl Store for MemoryStore {
         Ok(self.lock().drafts.get(&id).map(|r| r.draft.clone()))
     }
 
-    async fn drafts_for_user(&self, user_id: &str) -> Result<Vec<Draft>, Error> {
+    async fn drafts_for_user(&self, user_id: &UserId) -> Result<Vec<Draft>, Error> {
         let state = self.lock();
         Ok(state
             .order
@@ -110,7 +110,7 @@ impl Store for MemoryStore {
     async fn mutate(
         &self,
         draft_id: Uuid,
-        idempotency_key: Option<&str>,
+        idempotency_key: Option<&IdempotencyKey>,
         request_id: &str,
         decide: Decide<'_>,
     ) -> Result<Outcome, Error> {
@@ -118,7 +118,7 @@ impl Store for MemoryStore {
         let record = state
             .drafts
             .get_mut(&draft_id)
-            .ok_or_else(|| Error::NotFound("draft not found".into()))?;
+            .ok_or_else(Error::draft_not_found)?;
         let draft = &mut record.draft;
         let snapshot = DraftSnapshot {
             draft: draft.clone(),

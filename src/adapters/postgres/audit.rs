@@ -3,10 +3,9 @@
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
 
-use super::{db_error, Db};
-use crate::audit::AuditRecord;
+use super::Db;
 use crate::error::Error;
-use crate::ports::AuditSink;
+use crate::ports::{AuditRecord, AuditSink};
 use crate::telemetry::Metrics;
 
 pub struct PostgresAudit {
@@ -33,8 +32,7 @@ impl AuditSink for PostgresAudit {
                          (id, ts, request_id, user_id, action, draft_id, metadata, ip, user_agent)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                     )
-                    .await
-                    .map_err(db_error)?;
+                    .await?;
                 client
                     .execute(
                         &statement,
@@ -42,7 +40,7 @@ impl AuditSink for PostgresAudit {
                             &r.id,
                             &r.ts,
                             &r.request_id,
-                            &r.user_id,
+                            &r.user_id.as_str(),
                             &r.action.as_str(),
                             &r.draft_id,
                             &r.metadata,
@@ -50,8 +48,7 @@ impl AuditSink for PostgresAudit {
                             &r.user_agent,
                         ],
                     )
-                    .await
-                    .map_err(db_error)?;
+                    .await?;
                 Ok(())
             })
             .await
@@ -68,8 +65,7 @@ impl AuditSink for PostgresAudit {
                                        WHERE oid = to_regclass('audit_events')), 0)",
                         &[],
                     )
-                    .await
-                    .map_err(db_error)?;
+                    .await?;
                 let estimate: i64 = row.get(0);
                 Ok(estimate.max(0) as u64)
             })

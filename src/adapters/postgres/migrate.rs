@@ -3,9 +3,8 @@
 //! start together do not race. A database whose schema is newer than this
 //! binary knows, or whose applied migrations were edited, is refused.
 
-use deadpool_postgres::Pool;
+use deadpool_postgres::{Pool, PoolError};
 
-use super::{db_error, pool_error};
 use crate::error::Error;
 
 pub struct Migration {
@@ -35,6 +34,18 @@ pub enum MigrateError {
     Database(#[from] Error),
 }
 
+impl From<tokio_postgres::Error> for MigrateError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        MigrateError::Database(e.into())
+    }
+}
+
+impl From<PoolError> for MigrateError {
+    fn from(e: PoolError) -> Self {
+        MigrateError::Database(e.into())
+    }
+}
+
 /// A stable fingerprint of a migration's text (FNV-1a), to notice edits.
 fn checksum(sql: &str) -> String {
     let hash = sql.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
@@ -45,15 +56,14 @@ fn checksum(sql: &str) -> String {
 
 /// Applies what is missing; returns the versions applied by this call.
 pub async fn migrate(pool: &Pool) -> Result<Vec<i32>, MigrateError> {
-    let mut client = pool.get().await.map_err(pool_error)?;
-    let tx = client.transaction().await.map_err(db_error)?;
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
     // Per schema, so databases shared by schema (tests) do not queue on each other.
     tx.execute(
         "SELECT pg_advisory_xact_lock(hashtext('collabd.migrate.' || coalesce(current_schema(), '')))",
         &[],
     )
-    .await
-    .map_err(db_error)?;
+    .await?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
              version    integer     PRIMARY KEY,
@@ -62,15 +72,13 @@ pub async fn migrate(pool: &Pool) -> Result<Vec<i32>, MigrateError> {
              applied_at timestamptz NOT NULL DEFAULT now()
          )",
     )
-    .await
-    .map_err(db_error)?;
+    .await?;
     let applied: Vec<(i32, String)> = tx
         .query(
             "SELECT version, checksum FROM schema_migrations ORDER BY version",
             &[],
         )
-        .await
-        .map_err(db_error)?
+        .await?
         .iter()
         .map(|row| (row.get(0), row.get(1)))
         .collect();
@@ -97,13 +105,12 @@ pub async fn migrate(pool: &Pool) -> Result<Vec<i32>, MigrateError> {
             Some(_) => continue,
             None => {}
         }
-        tx.batch_execute(migration.sql).await.map_err(db_error)?;
+        tx.batch_execute(migration.sql).await?;
         tx.execute(
             "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
             &[&migration.version, &migration.name, &sum],
         )
-        .await
-        .map_err(db_error)?;
+        .await?;
         tracing::info!(
             version = migration.version,
             name = migration.name,
@@ -111,7 +118,7 @@ pub async fn migrate(pool: &Pool) -> Result<Vec<i32>, MigrateError> {
         );
         done.push(migration.version);
     }
-    tx.commit().await.map_err(db_error)?;
+    tx.commit().await?;
     Ok(done)
 }
 

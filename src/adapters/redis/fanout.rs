@@ -21,8 +21,7 @@ use uuid::Uuid;
 use super::{builder, redis_error, RedisSettings};
 use crate::collab::model::Event;
 use crate::error::Error;
-use crate::ports::Fanout;
-use crate::realtime::hub::RoomRegistry;
+use crate::ports::{Fanout, RoomSink};
 use crate::telemetry::Metrics;
 
 /// What travels on a room channel: the event, and the W3C trace context of
@@ -37,7 +36,7 @@ struct Envelope {
 
 /// Hands one received message to its room, inside a span linked to the
 /// publisher's trace.
-fn receive(envelope: Envelope, registry: &RoomRegistry, metrics: &Metrics) {
+fn receive(envelope: Envelope, rooms: &dyn RoomSink, metrics: &Metrics) {
     let event = envelope.event;
     let span = tracing::info_span!(
         parent: None,
@@ -53,10 +52,10 @@ fn receive(envelope: Envelope, registry: &RoomRegistry, metrics: &Metrics) {
     let lag = crate::collab::model::now() - event.ts;
     metrics.fanout_lag(lag.as_seconds_f64());
     tracing::debug!(
-        event_type = event.event_type.as_str(),
+        event_type = event.event_type().as_str(),
         "event received from fanout"
     );
-    registry.deliver(event);
+    rooms.deliver(event);
 }
 
 /// The pub/sub channel of a draft's room.
@@ -68,99 +67,50 @@ pub struct RedisFanout {
     publisher: Pool,
     subscriber: SubscriberClient,
     prefix: String,
-    registry: RoomRegistry,
+    rooms: Arc<dyn RoomSink>,
     /// Rooms per channel. A Tokio mutex, held across the SUBSCRIBE or
     /// UNSUBSCRIBE it guards, so a room that stops and one that starts for the
     /// same draft cannot reorder the two commands.
     /// fred tracks a channel only once SUBSCRIBE succeeded; this map is the
     /// truth that is resubscribed after a reconnect.
-    subscriptions: Arc<Mutex<HashMap<Uuid, usize>>>,
+    subscriptions: Subscriptions,
     metrics: Metrics,
 }
 
+/// Rooms per channel, shared by the fanout and its resubscriber.
+type Subscriptions = Arc<Mutex<HashMap<Uuid, usize>>>;
+
 impl RedisFanout {
-    /// Connects the subscriber and starts the reader and reconnect tasks.
+    /// Connects the subscriber and starts the reader and resubscriber tasks.
     pub async fn start(
         settings: &RedisSettings,
         publisher: Pool,
-        registry: RoomRegistry,
+        rooms: Arc<dyn RoomSink>,
         metrics: Metrics,
     ) -> Result<Self, Error> {
         let subscriber = builder(settings)?
             .build_subscriber_client()
             .map_err(redis_error)?;
         // Take the receivers before connecting, so nothing is missed.
-        let mut messages = subscriber.message_rx();
-        let mut reconnects = subscriber.reconnect_rx();
+        let messages = subscriber.message_rx();
+        let reconnects = subscriber.reconnect_rx();
         subscriber.init().await.map_err(redis_error)?;
         let prefix = settings.prefix.clone();
-        {
-            let (registry, metrics) = (registry.clone(), metrics.clone());
-            let channel_prefix = format!("{prefix}room:");
-            tokio::spawn(async move {
-                loop {
-                    match messages.recv().await {
-                        Ok(message) => {
-                            if !message.channel.starts_with(&channel_prefix) {
-                                continue;
-                            }
-                            let Some(text) = message.value.as_str() else {
-                                continue;
-                            };
-                            match serde_json::from_str::<Envelope>(&text) {
-                                Ok(envelope) => receive(envelope, &registry, &metrics),
-                                Err(e) => {
-                                    tracing::warn!(error.message = %e, "undecodable fanout message")
-                                }
-                            }
-                        }
-                        Err(RecvError::Lagged(missed)) => {
-                            tracing::warn!(
-                                missed,
-                                "fanout reader lagged; rooms resync from the store"
-                            );
-                            registry.resync_all();
-                        }
-                        Err(RecvError::Closed) => break,
-                    }
-                }
-            });
-        }
-        let subscriptions: Arc<Mutex<HashMap<Uuid, usize>>> = Arc::default();
-        {
-            let (subscriber, registry) = (subscriber.clone(), registry.clone());
-            let (subscriptions, prefix) = (subscriptions.clone(), prefix.clone());
-            let metrics = metrics.clone();
-            tokio::spawn(async move {
-                // The first notification is the initial connect.
-                let mut first = true;
-                while reconnects.recv().await.is_ok() {
-                    if std::mem::take(&mut first) {
-                        continue;
-                    }
-                    metrics.fanout_reconnected();
-                    let held = subscriptions.lock().await;
-                    let channels: Vec<String> =
-                        held.keys().map(|id| channel(&prefix, *id)).collect();
-                    tracing::info!(
-                        rooms = channels.len(),
-                        "redis subscriber reconnected; resubscribing rooms"
-                    );
-                    if !channels.is_empty() {
-                        if let Err(e) = subscriber.subscribe(channels).await {
-                            tracing::warn!(error.message = %e, "resubscribe failed");
-                        }
-                    }
-                    drop(held);
-                    registry.resync_all();
-                }
-            });
-        }
+        let subscriptions = Subscriptions::default();
+        spawn_reader(messages, &prefix, rooms.clone(), metrics.clone());
+        spawn_resubscriber(
+            reconnects,
+            subscriber.clone(),
+            subscriptions.clone(),
+            &prefix,
+            rooms.clone(),
+            metrics.clone(),
+        );
         Ok(RedisFanout {
             publisher,
             subscriber,
             prefix,
-            registry,
+            rooms,
             subscriptions,
             metrics,
         })
@@ -175,7 +125,7 @@ impl RedisFanout {
 impl Fanout for RedisFanout {
     #[tracing::instrument(name = "fanout publish", skip_all, fields(otel.kind = "producer", draft_id = %event.draft_id, seq = event.seq))]
     async fn publish(&self, event: &Event) -> Result<(), Error> {
-        self.registry.deliver(event.clone());
+        self.rooms.deliver(event.clone());
         let mut envelope = Envelope {
             event: event.clone(),
             trace: HashMap::new(),
@@ -225,4 +175,76 @@ impl Fanout for RedisFanout {
         }
         Ok(())
     }
+}
+
+/// Hands every room message to its room; never blocks on a room. A reader
+/// that fell behind fred's buffer asks every room to resync from the store.
+fn spawn_reader(
+    mut messages: tokio::sync::broadcast::Receiver<fred::types::Message>,
+    prefix: &str,
+    rooms: Arc<dyn RoomSink>,
+    metrics: Metrics,
+) {
+    let channel_prefix = format!("{prefix}room:");
+    tokio::spawn(async move {
+        loop {
+            match messages.recv().await {
+                Ok(message) => {
+                    if !message.channel.starts_with(&channel_prefix) {
+                        continue;
+                    }
+                    let Some(text) = message.value.as_str() else {
+                        continue;
+                    };
+                    match serde_json::from_str::<Envelope>(&text) {
+                        Ok(envelope) => receive(envelope, &*rooms, &metrics),
+                        Err(e) => {
+                            tracing::warn!(error.message = %e, "undecodable fanout message")
+                        }
+                    }
+                }
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "fanout reader lagged; rooms resync from the store");
+                    rooms.resync_all();
+                }
+                Err(RecvError::Closed) => break,
+            }
+        }
+    });
+}
+
+/// After each reconnect (not the first connect): subscribes every tracked
+/// channel again, then asks every room to fill what it missed meanwhile.
+fn spawn_resubscriber(
+    mut reconnects: tokio::sync::broadcast::Receiver<fred::prelude::Server>,
+    subscriber: SubscriberClient,
+    subscriptions: Subscriptions,
+    prefix: &str,
+    rooms: Arc<dyn RoomSink>,
+    metrics: Metrics,
+) {
+    let prefix = prefix.to_owned();
+    tokio::spawn(async move {
+        // The first notification is the initial connect.
+        let mut first = true;
+        while reconnects.recv().await.is_ok() {
+            if std::mem::take(&mut first) {
+                continue;
+            }
+            metrics.fanout_reconnected();
+            let held = subscriptions.lock().await;
+            let channels: Vec<String> = held.keys().map(|id| channel(&prefix, *id)).collect();
+            tracing::info!(
+                rooms = channels.len(),
+                "redis subscriber reconnected; resubscribing rooms"
+            );
+            if !channels.is_empty() {
+                if let Err(e) = subscriber.subscribe(channels).await {
+                    tracing::warn!(error.message = %e, "resubscribe failed");
+                }
+            }
+            drop(held);
+            rooms.resync_all();
+        }
+    });
 }

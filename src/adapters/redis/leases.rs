@@ -106,7 +106,7 @@ impl RedisLeases {
             let local = self.local.lock().unwrap_or_else(|p| p.into_inner());
             for claim in local.values() {
                 args.push(claim.connection_id.to_string());
-                args.push(claim.user_id.clone());
+                args.push(claim.user_id.to_string());
                 args.push(claim.draft_id.to_string());
             }
         }
@@ -177,7 +177,7 @@ impl RedisLeases {
             "acquire".to_owned(),
             self.incarnation(),
             claim.connection_id.to_string(),
-            claim.user_id.clone(),
+            claim.user_id.to_string(),
             claim.draft_id.to_string(),
             caps.per_user.unwrap_or(0).to_string(),
             caps.per_draft.unwrap_or(0).to_string(),
@@ -309,6 +309,34 @@ pub async fn lead(
         .await
         .map_err(redis_error)?;
     Ok(int_of(&reply)? == 1)
+}
+
+/// Leader leases in Redis (`lua/leader.lua`): one replica at a time holds
+/// each job's lease, renewing it while it keeps asking.
+pub struct RedisLeadership {
+    pool: Pool,
+    prefix: String,
+    /// Names this replica in the lease.
+    candidate: String,
+}
+
+impl RedisLeadership {
+    pub fn new(pool: Pool, prefix: &str) -> Self {
+        RedisLeadership {
+            pool,
+            prefix: prefix.to_owned(),
+            candidate: Uuid::new_v4().to_string(),
+        }
+    }
+}
+
+#[async_trait]
+impl crate::ports::Leadership for RedisLeadership {
+    async fn lead(&self, job: &'static str, ttl: Duration) -> bool {
+        lead(&self.pool, &self.prefix, job, &self.candidate, ttl)
+            .await
+            .unwrap_or(false)
+    }
 }
 
 /// The hash tag every lease key of a deployment shares.

@@ -18,7 +18,7 @@ use fred::types::Value;
 use crate::error::Error;
 
 pub use fanout::RedisFanout;
-pub use leases::RedisLeases;
+pub use leases::{RedisLeadership, RedisLeases};
 pub use ratelimit::RedisRateLimiter;
 
 /// Connection settings from configuration.
@@ -47,6 +47,9 @@ pub(crate) fn builder(settings: &RedisSettings) -> Result<Builder, Error> {
         .with_connection_config(|c| {
             c.connection_timeout = timeout;
             c.internal_command_timeout = timeout;
+            // One attempt: a command that fails during an outage fails at
+            // once and the caller's fallback applies (local limits, the
+            // store fill); fred's retries would stack timeouts instead.
             c.max_command_attempts = 1;
         })
         .with_performance_config(|p| {
@@ -64,11 +67,27 @@ pub async fn pool(settings: &RedisSettings) -> Result<fred::clients::Pool, Error
     Ok(pool)
 }
 
-/// Whether Redis answers a PING, for readiness and `health_status`.
-pub async fn ping(pool: &fred::clients::Pool) -> Result<(), Error> {
-    use fred::interfaces::ClientLike as _;
-    let _: Value = pool.next().ping(None).await.map_err(redis_error)?;
-    Ok(())
+/// The scrape's view of Redis: `health_status{component="redis"}`.
+pub struct RedisHealth {
+    pool: fred::clients::Pool,
+}
+
+impl RedisHealth {
+    pub fn new(pool: fred::clients::Pool) -> Self {
+        RedisHealth { pool }
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::ports::HealthCheck for RedisHealth {
+    fn component(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn check(&self) -> Result<(), Error> {
+        let _: Value = self.pool.next().ping(None).await.map_err(redis_error)?;
+        Ok(())
+    }
 }
 
 /// Reads an integer from a script reply element.

@@ -1,6 +1,6 @@
 //! Audit rows for the sensitive actions: create draft, append, pass ring, add
 //! collaborator. The policy (enabled, sample rate) and the truncation live
-//! here; where rows go is the `AuditSink` port's business.
+//! here; the row's shape and where rows go are the `AuditSink` port's.
 //!
 //! Metadata never holds content, tokens or secrets: only ids, lengths and
 //! keys, each string cut to `MAX_META_STRING_CHARS`.
@@ -8,51 +8,15 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use serde::Serialize;
-use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::collab::model::{now, Actor};
-use crate::ports::AuditSink;
+use super::model::{now, Actor};
+use crate::ports::{AuditAction, AuditRecord, AuditSink};
 use crate::telemetry::Metrics;
+use crate::text::truncate_chars;
 
 /// The longest string kept in audit metadata.
 pub const MAX_META_STRING_CHARS: usize = 256;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AuditAction {
-    CreateDraft,
-    AppendSegment,
-    PassRing,
-    AddCollaborator,
-}
-
-impl AuditAction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AuditAction::CreateDraft => "create_draft",
-            AuditAction::AppendSegment => "append_segment",
-            AuditAction::PassRing => "pass_ring",
-            AuditAction::AddCollaborator => "add_collaborator",
-        }
-    }
-}
-
-/// One row of the audit log (the seeds' `audit_events` table).
-#[derive(Clone, Debug, Serialize)]
-pub struct AuditRecord {
-    pub id: Uuid,
-    #[serde(with = "time::serde::rfc3339")]
-    pub ts: OffsetDateTime,
-    pub request_id: String,
-    pub user_id: String,
-    pub action: AuditAction,
-    pub draft_id: Option<Uuid>,
-    pub metadata: serde_json::Value,
-    pub ip: Option<String>,
-    pub user_agent: Option<String>,
-}
 
 /// Decides whether an action is recorded and hands the row to the sink.
 #[derive(Clone)]
@@ -129,10 +93,7 @@ impl Auditor {
 }
 
 fn cut(text: &str) -> String {
-    match text.char_indices().nth(MAX_META_STRING_CHARS) {
-        Some((end, _)) => text[..end].to_owned(),
-        None => text.to_owned(),
-    }
+    truncate_chars(text, MAX_META_STRING_CHARS).to_owned()
 }
 
 /// Cuts every string in the metadata to `MAX_META_STRING_CHARS`.

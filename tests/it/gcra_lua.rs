@@ -2,11 +2,9 @@
 //! over random policies, quantities (0, over the limit) and time steps, at
 //! present-day timestamps; and the script's key TTL.
 
-mod common;
-
+use crate::common::redis::{base_url, client, TestPrefix};
 use collabd::adapters::redis::{pool as redis_pool, RedisRateLimiter, RedisSettings};
 use collabd::limits::gcra::{throttle, RatePolicy};
-use common::redis::{base_url, client, TestPrefix};
 use fred::interfaces::KeysInterface;
 
 /// The Redis limiter under the test's own key prefix.

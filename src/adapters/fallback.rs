@@ -6,19 +6,32 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use clap::ValueEnum;
 
-use super::gcra::{RatePolicy, ThrottleReply};
-use crate::adapters::memory::MemoryRateLimiter;
+use super::memory::MemoryRateLimiter;
 use crate::error::Error;
+use crate::limits::gcra::{RatePolicy, ThrottleReply};
 use crate::ports::RateLimiter;
 use crate::telemetry::Metrics;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FailMode {
+    /// This replica's share of the cluster limit, in process.
     Local,
+    /// Allow every request.
     Open,
+    /// Refuse: the primary's error (503 `unavailable`) goes through.
     Closed,
+}
+
+impl FailMode {
+    /// The `mode` label of `ratelimit_fallback_total`.
+    fn label(self) -> &'static str {
+        match self {
+            FailMode::Local => "local",
+            FailMode::Open => "open",
+            FailMode::Closed => "closed",
+        }
+    }
 }
 
 /// Counts live replicas, to size the local share.
@@ -83,11 +96,7 @@ impl RateLimiter for FallbackLimiter {
                 if !self.failing.swap(true, Ordering::Relaxed) {
                     tracing::warn!(error.message = %e, fail_mode = ?self.mode, "rate limiter backend failed; applying RATE_LIMIT_FAIL_MODE");
                 }
-                self.metrics.rate_limit_fallback(match self.mode {
-                    FailMode::Local => "local",
-                    FailMode::Open => "open",
-                    FailMode::Closed => "closed",
-                });
+                self.metrics.rate_limit_fallback(self.mode.label());
                 match self.mode {
                     FailMode::Local => {
                         let share = share_of(policy, (self.replicas)());

@@ -4,17 +4,15 @@
 //! cluster-wide, and a SIGKILLed replica stops counting within its lease TTL;
 //! a Redis outage mid-stream loses nothing; a `SCRIPT FLUSH` costs nothing.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::cluster::Cluster;
+use crate::common::proxy::Proxy;
+use crate::common::redis::{base_url, PrivateRedis};
+use crate::common::*;
 use collabd::adapters::redis::leases::active_rooms;
 use collabd::adapters::redis::{pool as redis_pool, RedisSettings};
-use common::cluster::Cluster;
-use common::proxy::Proxy;
-use common::redis::{base_url, PrivateRedis};
-use common::*;
 use fred::interfaces::{HashesInterface, LuaInterface, SortedSetsInterface};
 
 async fn rooms(cluster: &Cluster) -> u64 {
@@ -112,7 +110,7 @@ async fn the_socket_cap_holds_cluster_wide_and_a_killed_replica_stops_counting()
 
 /// (live incarnations, sockets recorded under them) in Redis.
 async fn lease_records(cluster: &Cluster) -> (i64, i64) {
-    let redis = common::redis::client(&cluster.redis_url).await;
+    let redis = crate::common::redis::client(&cluster.redis_url).await;
     let base = format!("{{{}ws}}", cluster.prefix.prefix);
     let incarnations: Vec<String> = redis
         .zrange(
@@ -279,7 +277,7 @@ async fn script_flush_mid_load_causes_no_error() {
     )
     .await;
     let id = cluster.replica(0).create_draft("alice", "Flush").await;
-    let admin = common::redis::client(&redis.url()).await;
+    let admin = crate::common::redis::client(&redis.url()).await;
     for n in 0..30 {
         if n % 10 == 5 {
             admin.script_flush(false).await.unwrap();
@@ -372,7 +370,7 @@ async fn a_request_on_one_replica_and_its_delivery_on_another_share_a_trace() {
         for line in replica.logs.lock().unwrap().iter() {
             assert!(!line.contains("eyJ"), "a token was logged: {line}");
             assert!(
-                !line.contains(common::cluster::SECRET),
+                !line.contains(crate::common::cluster::SECRET),
                 "the secret was logged: {line}"
             );
         }

@@ -2,8 +2,6 @@
 //! own memory backends, and gives HTTP and WebSocket helpers that read like
 //! the story of a test. Logs print only when TEST_LOG is set.
 
-#![allow(dead_code)]
-
 pub mod cluster;
 pub mod pg;
 pub mod proxy;
@@ -36,7 +34,7 @@ static LOGS: Once = Once::new();
 fn init_logs() {
     LOGS.call_once(|| {
         if std::env::var_os("TEST_LOG").is_some() {
-            collabd::telemetry::init_logging(collabd::config::LogFormat::Pretty, "debug");
+            collabd::telemetry::init_logging(collabd::telemetry::LogFormat::Pretty, "debug");
         }
     });
 }
@@ -345,7 +343,7 @@ impl TestApp {
                 .into_iter()
                 .map(|r| AuditRow {
                     action: r.action.as_str().to_owned(),
-                    user_id: r.user_id,
+                    user_id: r.user_id.to_string(),
                     request_id: r.request_id,
                     draft_id: r.draft_id,
                     metadata: r.metadata,

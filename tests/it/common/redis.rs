@@ -14,22 +14,6 @@ pub fn base_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned())
 }
 
-pub fn server_addr() -> SocketAddr {
-    let url = base_url();
-    let host_port = url
-        .trim_start_matches("redis://")
-        .split(['/', '?'])
-        .next()
-        .unwrap()
-        .rsplit('@')
-        .next()
-        .unwrap()
-        .replace("localhost", "127.0.0.1");
-    host_port
-        .parse()
-        .expect("TEST_REDIS_URL names an IP host and port")
-}
-
 /// A key prefix no other test uses.
 pub fn unique_prefix() -> String {
     format!("collabd-test:{}:", uuid::Uuid::new_v4().simple())

@@ -3,15 +3,13 @@
 //! the Kubernetes manifests and the dashboard checked against the code; and
 //! scripts/cluster run end to end.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::pg::TestDb;
-use common::redis::{base_url as redis_url, TestPrefix};
-use common::*;
+use crate::common::pg::TestDb;
+use crate::common::redis::{base_url as redis_url, TestPrefix};
+use crate::common::*;
 use serde_yaml::Value as Yaml;
 
 fn root() -> PathBuf {

@@ -3,12 +3,10 @@
 //! buckets, bounded series under hostile paths, the documented catalog equal
 //! to the live one, promtool's approval, and the state gauges.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::common::*;
 use collabd::telemetry::metrics::CATALOG;
-use common::*;
 use serde_json::json;
 
 /// `series → value` for every sample line of an exposition.

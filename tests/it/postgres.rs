@@ -3,16 +3,14 @@
 //! restart, clean 503s and no partial rows while Postgres is unreachable, and
 //! migrations that three replicas can run at once.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::pg::{server_addr, TestDb};
+use crate::common::proxy::Proxy;
+use crate::common::*;
 use collabd::adapters::postgres::migrate::{migrate, MigrateError, MIGRATIONS};
 use collabd::adapters::postgres::{pool, PoolSettings};
-use common::pg::{server_addr, TestDb};
-use common::proxy::Proxy;
-use common::*;
 use serde_json::json;
 
 fn seqs_of(reply: &Reply) -> Vec<u64> {
@@ -253,13 +251,13 @@ async fn a_failed_audit_write_is_counted_and_does_not_fail_the_request() {
     let db = TestDb::create().await;
     let app = spawn_on(db.clone(), None, |c| c.audit_enabled = true).await;
     let id = app.create_draft("alice", "Audited").await;
-    assert_eq!(app.state.collab.auditor().failed_writes(), 0);
+    assert_eq!(app.state.collab.audit_failures(), 0);
     db.client()
         .await
         .batch_execute("ALTER TABLE audit_events RENAME TO audit_events_away")
         .await
         .unwrap();
     assert_eq!(app.append("alice", &id, "still works").await.status, 201);
-    assert_eq!(app.state.collab.auditor().failed_writes(), 1);
+    assert_eq!(app.state.collab.audit_failures(), 1);
     assert_eq!(db.count("segments").await, 1);
 }

@@ -2,11 +2,9 @@
 //! delivery, `since` replay, ping, caps, size and message rules, origins,
 //! slow consumers and shutdown.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 

@@ -2,18 +2,17 @@
 //! error code in its envelope, request ids, idempotent appends, caps, audit
 //! rows and rate limits.
 
-mod common;
-
 use std::sync::Arc;
 
+use crate::common::*;
 use async_trait::async_trait;
 use collabd::adapters::memory::MemoryAudit;
 use collabd::app::Backends;
+use collabd::collab::input::{IdempotencyKey, UserId};
 use collabd::collab::model::{Draft, Event, Outcome, Segment};
-use collabd::collab::validate::Page;
 use collabd::error::Error;
+use collabd::ports::Page;
 use collabd::ports::{Decide, Store};
-use common::*;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -603,7 +602,7 @@ impl Store for BrokenStore {
     async fn get_draft(&self, _: Uuid) -> Result<Option<Draft>, Error> {
         Err(self.fail())
     }
-    async fn drafts_for_user(&self, _: &str) -> Result<Vec<Draft>, Error> {
+    async fn drafts_for_user(&self, _: &UserId) -> Result<Vec<Draft>, Error> {
         Err(self.fail())
     }
     async fn segments(&self, _: Uuid, _: Page) -> Result<Vec<Segment>, Error> {
@@ -615,7 +614,7 @@ impl Store for BrokenStore {
     async fn mutate(
         &self,
         _: Uuid,
-        _: Option<&str>,
+        _: Option<&IdempotencyKey>,
         _: &str,
         _: Decide<'_>,
     ) -> Result<Outcome, Error> {

@@ -1,0 +1,18 @@
+//! The integration tests, one binary (one link step): the REST and WebSocket
+//! contracts on both adapter sets, Postgres, the cluster of replica
+//! processes, metrics, the deploy files, the built binary, and the shape of
+//! the code. `tests/memory.rs` stays a binary of its own: it counts every
+//! byte its process allocates.
+
+#[macro_use]
+mod common;
+
+mod api;
+mod binary;
+mod cluster;
+mod deploy;
+mod gcra_lua;
+mod layers;
+mod metrics;
+mod postgres;
+mod ws;
