@@ -66,6 +66,12 @@ struct Args {
     /// Soak one standalone replica instead of three in cluster mode.
     #[arg(long)]
     standalone: bool,
+    /// Soak watchers per draft (default: 15 smoke, 250 full; 4 drafts full).
+    #[arg(long)]
+    watchers: Option<usize>,
+    /// Soak appends per second, the whole cluster (default: 20 smoke, 100 full).
+    #[arg(long)]
+    rate: Option<f64>,
 }
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -819,6 +825,8 @@ struct SoakArgs {
     /// One standalone replica, which keeps every event in memory by design:
     /// the figure is then the memory each stored event costs.
     standalone: bool,
+    watchers: Option<usize>,
+    rate: Option<f64>,
 }
 
 /// Resident memory of a process, from /proc.
@@ -938,6 +946,8 @@ async fn soak(
         Size::Smoke => (2, 15, 20.0),
         Size::Full => (4, 250, 100.0),
     };
+    let watchers_per_draft = args.watchers.unwrap_or(watchers_per_draft);
+    let appends_per_second = args.rate.unwrap_or(appends_per_second);
     let minutes = if size == Size::Smoke {
         args.minutes.min(1.0)
     } else {
@@ -1264,6 +1274,8 @@ async fn main() {
         minutes: args.minutes,
         scrape_every: (args.scrape_seconds > 0).then(|| Duration::from_secs(args.scrape_seconds)),
         standalone: args.standalone,
+        watchers: args.watchers,
+        rate: args.rate,
     };
     let mut rows = Vec::new();
     let mut failed = None;

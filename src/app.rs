@@ -134,12 +134,13 @@ impl Backends {
         let pool = postgres::pool(settings)?;
         let applied = postgres::migrate::migrate(&pool).await?;
         tracing::info!(applied = ?applied, "database schema is current");
-        let timeout = Duration::from_secs(config.database_query_timeout_seconds);
+        let timeout = config.database_query_timeout();
         let mut backends = Backends::memory(Arc::new(MemoryAudit::new()));
         let metrics = backends.metrics.clone();
-        backends.store = Arc::new(PostgresStore::new(pool.clone(), timeout, metrics.clone()));
-        backends.audit = Arc::new(PostgresAudit::new(pool.clone(), timeout, metrics.clone()));
-        backends.checks = vec![Arc::new(PostgresHealth::new(pool, metrics))];
+        let store = PostgresStore::new(pool.clone(), timeout, metrics.clone());
+        backends.store = Arc::new(store.clone());
+        backends.audit = Arc::new(PostgresAudit::new(pool, timeout, metrics.clone()));
+        backends.checks = vec![Arc::new(PostgresHealth::new(store, metrics))];
         backends.mode = Mode::Postgres;
         Ok(backends)
     }
@@ -506,7 +507,7 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let drain = state.shutdown.clone();
     let sockets = state.sockets.clone();
-    let grace = Duration::from_secs(state.config.shutdown_timeout_seconds);
+    let grace = state.config.shutdown_timeout();
     let delay = Duration::from_secs(state.config.shutdown_drain_delay_seconds);
     let background = spawn_background(&state);
     if let Some(listener) = management {

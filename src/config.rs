@@ -396,9 +396,6 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let prod = self.app_env == AppEnv::Prod;
         let secret = &self.auth_jwt_secret;
-        ensure(!secret.is_empty(), "AUTH_JWT_SECRET", || {
-            "must not be empty".into()
-        })?;
         ensure(!prod || secret != DEV_JWT_SECRET, "AUTH_JWT_SECRET", || {
             "APP_ENV=prod needs a real secret, not the built-in dev one".into()
         })?;
@@ -407,6 +404,9 @@ impl Config {
             "AUTH_JWT_SECRET",
             || format!("must be at least {MIN_PROD_SECRET_BYTES} bytes in prod"),
         )?;
+        ensure(!secret.is_empty(), "AUTH_JWT_SECRET", || {
+            "must not be empty".into()
+        })?;
         ensure(
             (0.0..=1.0).contains(&self.audit_sample_rate),
             "AUDIT_SAMPLE_RATE",

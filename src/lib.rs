@@ -5,7 +5,7 @@
 //! # Layout
 //!
 //! Layers import one way, transport -> service -> ports <- adapters, and
-//! `tests/layers.rs` fails on an import against that direction:
+//! `tests/it/layers.rs` fails on an import against that direction:
 //!
 //! - leaves, importing nothing of the product: [`config`] (every knob, as a
 //!   CLI flag with its environment variable), [`telemetry`] (logs, traces,

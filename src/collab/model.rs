@@ -4,7 +4,8 @@
 
 use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize, Serializer};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -171,8 +172,9 @@ impl EventBody {
 }
 
 /// One entry of a draft's ordered log, and the WebSocket frame that carries
-/// it: `{"draft_id","seq","request_id","ts","type","data"}`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// it: `{"type","draft_id","seq","request_id","ts","data"}`, in that order
+/// (`Serialize` below keeps `type` first, as clients read it).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct Event {
     pub draft_id: Uuid,
     pub seq: u64,
@@ -187,6 +189,27 @@ pub struct Event {
 impl Event {
     pub fn event_type(&self) -> EventType {
         self.body.event_type()
+    }
+}
+
+impl Serialize for Event {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        /// The timestamp in RFC 3339, as every other time on the wire.
+        struct Rfc3339(OffsetDateTime);
+        impl Serialize for Rfc3339 {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                time::serde::rfc3339::serialize(&self.0, serializer)
+            }
+        }
+        let data = self.body.data().map_err(serde::ser::Error::custom)?;
+        let mut map = serializer.serialize_map(Some(6))?;
+        map.serialize_entry("type", &self.event_type())?;
+        map.serialize_entry("draft_id", &self.draft_id)?;
+        map.serialize_entry("seq", &self.seq)?;
+        map.serialize_entry("request_id", &self.request_id)?;
+        map.serialize_entry("ts", &Rfc3339(self.ts))?;
+        map.serialize_entry("data", &data)?;
+        map.end()
     }
 }
 
@@ -403,6 +426,11 @@ mod tests {
         for (event, wire) in [appended, passed, added].into_iter().zip(expected) {
             assert_eq!(serde_json::to_value(&event).unwrap(), wire);
             let text = serde_json::to_string(&event).unwrap();
+            let prefix = format!(
+                r#"{{"type":{},"draft_id":{},"seq":{},"request_id":{},"ts":{},"data":{{"#,
+                wire["type"], wire["draft_id"], wire["seq"], wire["request_id"], wire["ts"]
+            );
+            assert!(text.starts_with(&prefix), "key order changed: {text}");
             assert_eq!(serde_json::from_str::<Event>(&text).unwrap(), event);
             let data = event.body.data().unwrap();
             assert_eq!(data, wire["data"]);

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
+use super::response::ErrorCause;
 use super::{healthz, readyz, Health};
 use crate::error::Error;
 
@@ -35,6 +36,23 @@ pub fn router<H: Health>(health: H, token: Option<String>) -> Router {
                 .with_state(health),
         )
         .fallback(super::not_found)
+        .layer(axum::middleware::map_response(log_failure))
+}
+
+/// The management port has no access log (probes and scrapes would flood
+/// it); a server error here, a pod going unready, is logged once, here.
+async fn log_failure(response: Response) -> Response {
+    let status = response.status();
+    if status.is_server_error() {
+        let error = response.extensions().get::<ErrorCause>();
+        tracing::warn!(
+            status = status.as_u16(),
+            error_code = error.map(|e| e.code),
+            error.message = error.and_then(|e| e.cause.as_deref()),
+            "management request failed"
+        );
+    }
+    response
 }
 
 async fn metrics<H: Health>(State(m): State<Management<H>>, headers: HeaderMap) -> Response {

@@ -59,6 +59,8 @@ impl Frame {
 /// A socket in a room.
 pub struct Member {
     pub connection_id: Uuid,
+    /// Bounded by `WS_OUTBOUND_QUEUE`; holds pointers to frames the room
+    /// serialized once for every member.
     pub tx: mpsc::Sender<Arc<Frame>>,
     /// Cancelled by the room when the member's queue overflows.
     pub kick: CancellationToken,
@@ -83,8 +85,8 @@ struct RoomHandle {
     lagged: Arc<AtomicBool>,
 }
 
-/// Routes events to this process's rooms. Cheap to clone; fanout adapters
-/// hold one to deliver what they receive.
+/// Routes events to this process's rooms. Cheap to clone; `app.rs` hands it
+/// to the fanout adapter as its `RoomSink`.
 #[derive(Clone, Default)]
 pub struct RoomRegistry {
     /// A std `Mutex`: held only to look up or update a handle, never across `.await`.
@@ -98,11 +100,6 @@ impl RoomRegistry {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, RoomHandle>> {
         self.rooms.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Rooms with at least one local socket.
-    pub fn local_rooms(&self) -> usize {
-        self.lock().len()
     }
 }
 
@@ -290,15 +287,29 @@ impl Room {
     /// Keeps an event that continues or runs ahead of the head, up to
     /// `MAX_PENDING` of them; past that, the store fills them in later.
     fn hold(&mut self, event: Event) {
-        if self.head.is_some_and(|head| event.seq <= head) {
+        let Some(head) = self.head else {
+            self.pending.insert(event.seq, event);
+            return self.bound_pending();
+        };
+        if event.seq <= head {
             return;
         }
-        if self.pending.len() >= MAX_PENDING {
+        // The next event is always kept: it needs no store to go out.
+        if event.seq != head + 1 && self.pending.len() >= MAX_PENDING {
             self.pending.clear();
             self.retry_gap = true;
             return;
         }
         self.pending.insert(event.seq, event);
+    }
+
+    /// Before the head is known (the store failed at start), events wait
+    /// unfiltered; the same bound applies.
+    fn bound_pending(&mut self) {
+        if self.pending.len() > MAX_PENDING {
+            self.pending.clear();
+            self.retry_gap = true;
+        }
     }
 
     async fn load_head(&mut self) -> Result<u64, Error> {
@@ -362,8 +373,8 @@ impl Room {
                 let next = self.head.is_some_and(|h| event.seq == h + 1);
                 if next && until.is_none_or(|u| event.seq < u) {
                     self.broadcast(&event);
-                } else if self.head.is_some_and(|h| event.seq > h) {
-                    self.pending.entry(event.seq).or_insert(event);
+                } else {
+                    self.hold(event);
                 }
             }
             if self.head == Some(head) {

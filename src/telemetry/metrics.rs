@@ -126,8 +126,9 @@ catalog! {
 }
 
 /// How often histogram samples are folded into their buckets. Samples wait
-/// in memory until then: at 25,000 deliveries a second that is ~200 KB held
-/// for at most this long, instead of growing until a scrape.
+/// in memory until then, 16 bytes each (the value and an instant): at 25,000
+/// deliveries a second that is ~400 KB held for at most this long, instead
+/// of growing until a scrape.
 pub const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Bucket bounds, in the unit of the metric's name.
@@ -338,7 +339,7 @@ impl Metrics {
     }
 
     /// Moves recorded histogram samples into their buckets. The exporter
-    /// keeps every sample in memory until this runs (8 bytes each, one per
+    /// keeps every sample in memory until this runs (16 bytes each, one per
     /// delivery, request and query), so it must run on a timer
     /// ([`Metrics::keep_up`]), not only when someone scrapes.
     pub fn run_upkeep(&self) {

@@ -278,14 +278,29 @@ async fn a_client_that_never_reads_is_closed_as_slow_consumer_while_others_keep_
         let seqs = reader.next_seqs(total as usize).await;
         (reader, seqs)
     });
-    for _ in 0..total {
-        assert_eq!(app.append("alice", &id, &content).await.status, 201);
-    }
+    let writing = {
+        let (api, id) = (app.api.clone(), id.clone());
+        tokio::spawn(async move {
+            for _ in 0..total {
+                assert_eq!(api.append("alice", &id, &content).await.status, 201);
+            }
+        })
+    };
+    // The room drops the slow client once its queue is full; from then on
+    // it has CLOSE_TIMEOUT to read its goodbye, so it starts reading now.
+    eventually(|| async {
+        app.state
+            .metrics
+            .render()
+            .contains("ws_outbound_dropped_total 1")
+    })
+    .await;
+    let (closed, got) = slow.until_closed().await;
+    within(writing).await.unwrap();
     let (_reader, seqs) = within(reading).await.unwrap();
     assert_eq!(seqs, (1..=total).collect::<Vec<_>>());
 
-    // The slow client finds a strict prefix of the events, then the reason.
-    let (closed, got) = slow.until_closed().await;
+    // The slow client found a strict prefix of the events, then the reason.
     assert!(
         (got.len() as u64) < total,
         "slow client received everything"

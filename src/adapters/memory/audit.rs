@@ -1,4 +1,5 @@
-//! Audit rows kept in memory, so tests (and a curious developer) can read them.
+//! Audit rows kept in memory, so tests (and a curious developer) can read
+//! them. They grow with what is recorded, by design: standalone mode only.
 
 use std::sync::Mutex;
 

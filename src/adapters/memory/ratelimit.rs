@@ -12,7 +12,9 @@ use crate::error::Error;
 use crate::limits::gcra::{throttle, RatePolicy, ThrottleReply};
 use crate::ports::RateLimiter;
 
-/// Sweep expired keys once the map holds this many, so idle keys cannot pile up.
+/// Sweep expired keys once the map holds this many, so idle keys cannot pile
+/// up: the map holds the subjects seen within their bucket's refill time
+/// (~100 bytes each), plus at most this many expired ones.
 const SWEEP_THRESHOLD: usize = 10_000;
 
 struct Entry {

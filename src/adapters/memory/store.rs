@@ -1,4 +1,6 @@
-//! The standalone store: every draft, segment and event in one map.
+//! The standalone store: every draft, segment and event in one map. It grows
+//! with what is stored, by design (docs/OPERATIONS.md gives the cost per
+//! event); durable or long-lived deployments use Postgres.
 //!
 //! A std `Mutex`, not a Tokio one: nothing awaits while it is held, and each
 //! `mutate` does its load, decide and write inside one critical section, which

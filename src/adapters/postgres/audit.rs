@@ -66,7 +66,9 @@ impl AuditSink for PostgresAudit {
                         &[],
                     )
                     .await?;
-                let estimate: i64 = row.get(0);
+                let estimate: i64 = row
+                    .try_get(0)
+                    .map_err(|e| Error::internal(format!("postgres: audit estimate: {e}")))?;
                 Ok(estimate.max(0) as u64)
             })
             .await

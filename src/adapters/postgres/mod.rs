@@ -107,16 +107,16 @@ fn db_error(e: tokio_postgres::Error) -> Error {
     Error::unavailable(format!("postgres: {e}"))
 }
 
-/// The scrape's view of Postgres: `health_status{component="store"}` and
-/// the pool gauges (size, in use, waiting).
+/// The scrape's view of Postgres: `health_status{component="store"}` (the
+/// store's own timed ping) and the pool gauges (size, in use, waiting).
 pub struct PostgresHealth {
-    pool: Pool,
+    store: PostgresStore,
     metrics: crate::telemetry::Metrics,
 }
 
 impl PostgresHealth {
-    pub fn new(pool: Pool, metrics: crate::telemetry::Metrics) -> Self {
-        PostgresHealth { pool, metrics }
+    pub fn new(store: PostgresStore, metrics: crate::telemetry::Metrics) -> Self {
+        PostgresHealth { store, metrics }
     }
 }
 
@@ -127,15 +127,13 @@ impl crate::ports::HealthCheck for PostgresHealth {
     }
 
     async fn check(&self) -> Result<(), Error> {
-        let status = self.pool.status();
+        let status = self.store.pool().status();
         self.metrics.db_pool(
             status.size,
             status.size.saturating_sub(status.available),
             status.waiting,
         );
-        let client = self.pool.get().await?;
-        client.simple_query("SELECT 1").await?;
-        Ok(())
+        crate::ports::Store::ping(&self.store).await
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Pool, Transaction};
+use tokio_postgres::types::FromSql;
 use tokio_postgres::Row;
 use tracing::instrument;
 use uuid::Uuid;
@@ -56,15 +57,23 @@ fn seq_of(value: i64) -> u64 {
     value.max(0) as u64
 }
 
-/// A stored user id, parsed like any other: a row that breaks the rules is
-/// an internal error, never a panic.
+/// A column of a row read back. A row this code cannot read (a NULL where
+/// none belongs, a type changed under it) is an internal error: never a
+/// panic, and never mistaken for an outage.
+fn col<'a, T: FromSql<'a>>(row: &'a Row, name: &str) -> Result<T, Error> {
+    row.try_get(name)
+        .map_err(|e| Error::internal(format!("postgres: column {name}: {e}")))
+}
+
+/// A stored user id, parsed like any other: one that breaks the rules is an
+/// internal error.
 fn user_of(text: String) -> Result<UserId, Error> {
     UserId::parse(text).map_err(|_| Error::internal("a stored user id is not valid"))
 }
 
 fn draft_from(row: &Row) -> Result<Draft, Error> {
-    let user_ids: Vec<String> = row.try_get("user_ids")?;
-    let roles: Vec<String> = row.try_get("roles")?;
+    let user_ids: Vec<String> = col(row, "user_ids")?;
+    let roles: Vec<String> = col(row, "roles")?;
     let collaborators = user_ids
         .into_iter()
         .zip(roles)
@@ -76,38 +85,41 @@ fn draft_from(row: &Row) -> Result<Draft, Error> {
         })
         .collect::<Result<_, Error>>()?;
     Ok(Draft {
-        id: row.try_get("id")?,
-        title: row.try_get("title")?,
-        owner_id: user_of(row.try_get("owner_id")?)?,
-        ring_holder: user_of(row.try_get("ring_holder")?)?,
+        id: col(row, "id")?,
+        title: col(row, "title")?,
+        owner_id: user_of(col(row, "owner_id")?)?,
+        ring_holder: user_of(col(row, "ring_holder")?)?,
         collaborators,
-        seq: seq_of(row.try_get("seq")?),
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
+        seq: seq_of(col(row, "seq")?),
+        created_at: col(row, "created_at")?,
+        updated_at: col(row, "updated_at")?,
     })
 }
 
 fn segment_from(row: &Row) -> Result<Segment, Error> {
-    let key: Option<String> = row.try_get("idempotency_key")?;
+    let key: Option<String> = col(row, "idempotency_key")?;
     Ok(Segment {
-        id: row.try_get("id")?,
-        draft_id: row.try_get("draft_id")?,
-        seq: seq_of(row.try_get("seq")?),
-        author_id: user_of(row.try_get("author_id")?)?,
-        content: row.try_get("content")?,
-        idempotency_key: key.map(IdempotencyKey::parse).transpose()?,
-        created_at: row.try_get("created_at")?,
+        id: col(row, "id")?,
+        draft_id: col(row, "draft_id")?,
+        seq: seq_of(col(row, "seq")?),
+        author_id: user_of(col(row, "author_id")?)?,
+        content: col(row, "content")?,
+        idempotency_key: key
+            .map(IdempotencyKey::parse)
+            .transpose()
+            .map_err(|_| Error::internal("a stored idempotency key is not valid"))?,
+        created_at: col(row, "created_at")?,
     })
 }
 
 fn event_from(row: &Row) -> Result<Event, Error> {
-    let event_type: EventType = row.try_get::<_, &str>("type")?.parse()?;
+    let event_type: EventType = col::<&str>(row, "type")?.parse()?;
     Ok(Event {
-        draft_id: row.try_get("draft_id")?,
-        seq: seq_of(row.try_get("seq")?),
-        request_id: row.try_get("request_id")?,
-        ts: row.try_get("ts")?,
-        body: EventBody::from_parts(event_type, row.try_get("data")?)?,
+        draft_id: col(row, "draft_id")?,
+        seq: seq_of(col(row, "seq")?),
+        request_id: col(row, "request_id")?,
+        ts: col(row, "ts")?,
+        body: EventBody::from_parts(event_type, col(row, "data")?)?,
     })
 }
 
@@ -130,7 +142,7 @@ async fn lock_snapshot(
         .prepare_cached("SELECT segment_count FROM drafts WHERE id = $1 FOR UPDATE")
         .await?;
     let segment_count = match tx.query_opt(&lock, &[&draft_id]).await? {
-        Some(row) => seq_of(row.try_get(0)?),
+        Some(row) => seq_of(col(&row, "segment_count")?),
         None => return Err(Error::draft_not_found()),
     };
     let draft = load_draft(tx, draft_id)
@@ -374,13 +386,15 @@ impl Store for PostgresStore {
                 let client = self.db.conn().await?;
                 let row = client
                     .query_one(
-                        "SELECT count(*), coalesce(sum(segment_count), 0)::bigint FROM drafts",
+                        "SELECT count(*) AS drafts,
+                                coalesce(sum(segment_count), 0)::bigint AS segments
+                           FROM drafts",
                         &[],
                     )
                     .await?;
                 Ok(StoreCounts {
-                    drafts: seq_of(row.try_get(0)?),
-                    segments: seq_of(row.try_get(1)?),
+                    drafts: seq_of(col(&row, "drafts")?),
+                    segments: seq_of(col(&row, "segments")?),
                 })
             })
             .await

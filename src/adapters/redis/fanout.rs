@@ -68,7 +68,7 @@ pub struct RedisFanout {
     subscriber: SubscriberClient,
     prefix: String,
     rooms: Arc<dyn RoomSink>,
-    /// Rooms per channel. A Tokio mutex, held across the SUBSCRIBE or
+    /// Rooms per channel: one entry per room with local sockets. A Tokio mutex, held across the SUBSCRIBE or
     /// UNSUBSCRIBE it guards, so a room that stops and one that starts for the
     /// same draft cannot reorder the two commands.
     /// fred tracks a channel only once SUBSCRIBE succeeded; this map is the

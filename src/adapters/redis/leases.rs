@@ -293,7 +293,7 @@ pub async fn active_rooms(pool: &Pool, prefix: &str) -> Result<u64, Error> {
 pub const LEADER_LUA: &str = include_str!("../../../lua/leader.lua");
 
 /// Whether `candidate` holds (now renewed for `ttl`) the lease of `job`.
-pub async fn lead(
+async fn lead(
     pool: &Pool,
     prefix: &str,
     job: &str,

@@ -78,6 +78,7 @@ pub struct AuditRow {
 }
 
 /// An HTTP and WebSocket client of one server, as one user or another.
+#[derive(Clone)]
 pub struct Api {
     pub addr: SocketAddr,
     pub base: String,
