@@ -561,8 +561,8 @@ pub async fn run(
     }
 }
 
-/// Periodic work: the stored-totals poller and the metrics upkeep. Stopped
-/// by the returned token.
+/// Periodic work: the stored-totals poller, the metrics upkeep and the rooms'
+/// head check. Stopped by the returned token.
 fn spawn_background(state: &AppState) -> CancellationToken {
     let stop = CancellationToken::new();
     let every = Duration::from_secs(state.config.state_metrics_interval_seconds);
@@ -579,6 +579,9 @@ fn spawn_background(state: &AppState) -> CancellationToken {
     });
     let (metrics, token) = (state.metrics.clone(), stop.clone());
     tokio::spawn(async move { metrics.keep_up(UPKEEP_INTERVAL, token).await });
+    let (hub, token) = (state.sessions.hub.clone(), stop.clone());
+    let every = Duration::from_secs(state.config.room_head_check_seconds);
+    tokio::spawn(async move { hub.check_heads(every, token).await });
     stop
 }
 

@@ -262,6 +262,11 @@ pub struct Config {
         default_value = "*"
     )]
     pub ws_allowed_origins: Vec<String>,
+    /// How often each replica checks its rooms' heads against the store, so
+    /// an event the fanout lost (a cut, a lost reply) reaches watchers
+    /// within this long even if the draft then goes quiet.
+    #[arg(long, env = "ROOM_HEAD_CHECK_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub room_head_check_seconds: u64,
     /// Events queued per socket before the client counts as a slow consumer.
     #[arg(long, env = "WS_OUTBOUND_QUEUE", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub ws_outbound_queue: u32,

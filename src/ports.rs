@@ -72,6 +72,9 @@ pub trait Store: Send + Sync + 'static {
     async fn segments(&self, draft_id: Uuid, page: Page) -> Result<Vec<Segment>, Error>;
     /// Events with seq > `page.after`, ascending, at most `page.limit`.
     async fn events(&self, draft_id: Uuid, page: Page) -> Result<Vec<Event>, Error>;
+    /// The head (latest seq) of each of these drafts that exists, in one
+    /// round trip: the rooms' periodic check that nothing was missed.
+    async fn heads(&self, draft_ids: &[Uuid]) -> Result<Vec<(Uuid, u64)>, Error>;
     /// Atomically: take the draft exclusively, look up the segment appended
     /// with `idempotency_key` (if given), call `decide` on that snapshot, and
     /// for `Decision::Apply` write the change with the draft's next seq and

@@ -161,6 +161,7 @@ impl CollabService {
         match outcome {
             Outcome::Replayed(segment) => {
                 tracing::info!(seq = segment.seq, "idempotent append replayed");
+                self.republish(draft_id, segment.seq).await;
                 Ok(Appended {
                     segment,
                     replayed: true,
@@ -283,6 +284,28 @@ impl CollabService {
             }
             Outcome::Unchanged(draft) => Ok(draft),
             Outcome::Replayed(_) => Err(Error::internal("store replayed a non-append")),
+        }
+    }
+
+    /// Publishes again the event a replayed append made: the first attempt
+    /// may have committed and lost its reply before it published. Watchers
+    /// drop a seq they have; rooms that missed it deliver it now.
+    async fn republish(&self, draft_id: Uuid, seq: u64) {
+        let page = Page {
+            after: seq.saturating_sub(1),
+            limit: 1,
+        };
+        match self.store.events(draft_id, page).await {
+            Ok(events) => {
+                if let Some(event) = events.into_iter().find(|e| e.seq == seq) {
+                    self.emit(&event).await;
+                }
+            }
+            Err(e) => tracing::warn!(
+                error.message = %e,
+                seq,
+                "replayed event not republished; the rooms' head check will bring it"
+            ),
         }
     }
 

@@ -10,6 +10,13 @@
 //!
 //! Each member has a bounded queue too; a member whose queue is full is a
 //! slow consumer, removed and told so through its kick token.
+//!
+//! A room never trusts the fanout alone to reveal what it missed: a gap is
+//! seen only when a later event arrives, and a draft that goes quiet right
+//! after a fault has none. So a joining socket always gets the store's head
+//! (the room catches up first), and every `ROOM_HEAD_CHECK_SECONDS` the hub
+//! asks the store for the heads of all its rooms in one query and wakes any
+//! room that is behind.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -75,6 +82,8 @@ enum RoomMsg {
     Leave(Uuid),
     /// Compare the head with the store and fill anything missed.
     Resync,
+    /// The store's head, from the periodic check: catch up if behind it.
+    StoreHead(u64),
     Stop,
 }
 
@@ -177,6 +186,42 @@ impl Hub {
         head
     }
 
+    /// Every `every` until `stop`: the heads of all this replica's rooms from
+    /// the store, one query per 1,000 rooms, and a nudge to each room (which
+    /// catches up when it is behind). Bounds how long a missed event can
+    /// stay unseen when no later event reveals the gap.
+    pub async fn check_heads(&self, every: Duration, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => self.check_heads_once().await,
+            }
+        }
+    }
+
+    async fn check_heads_once(&self) {
+        let drafts: Vec<Uuid> = self.registry.lock().keys().copied().collect();
+        for chunk in drafts.chunks(MAX_PAGE_LIMIT as usize) {
+            let heads = match self.store.heads(chunk).await {
+                Ok(heads) => heads,
+                Err(e) => {
+                    tracing::warn!(error.message = %e, "room head check failed");
+                    return;
+                }
+            };
+            let rooms = self.registry.lock();
+            for (draft_id, seq) in heads {
+                if let Some(room) = rooms.get(&draft_id) {
+                    if room.tx.try_send(RoomMsg::StoreHead(seq)).is_err() {
+                        room.lagged.store(true, Ordering::Release);
+                    }
+                }
+            }
+        }
+    }
+
     /// Removes a member; the room stops when its last member leaves.
     pub async fn leave(&self, draft_id: Uuid, connection_id: Uuid) {
         let tx = self.registry.lock().get(&draft_id).map(|r| r.tx.clone());
@@ -254,34 +299,67 @@ impl Room {
             };
             match msg {
                 None | Some(RoomMsg::Stop) => break,
-                Some(RoomMsg::Deliver(event)) => {
-                    self.hold(event);
-                    self.advance().await;
-                }
-                Some(RoomMsg::Join { member, reply }) => {
-                    let head = self.load_head().await;
-                    if head.is_ok() {
-                        self.members.insert(member.connection_id, member);
-                    }
-                    let _ = reply.send(head);
-                }
-                Some(RoomMsg::Leave(id)) => {
-                    self.members.remove(&id);
-                }
-                Some(RoomMsg::Resync) => {
-                    self.retry_gap = false;
-                    self.fill_from_store(None).await;
-                    self.advance().await;
-                }
+                Some(msg) => self.handle(msg).await,
             }
             if self.lagged.swap(false, Ordering::AcqRel) {
-                self.fill_from_store(None).await;
-                self.advance().await;
+                self.catch_up().await;
             }
         }
         if let Err(e) = self.fanout.unsubscribe(self.draft_id).await {
             tracing::warn!(error.message = %e, "room unsubscribe failed");
         }
+    }
+
+    async fn handle(&mut self, msg: RoomMsg) {
+        match msg {
+            RoomMsg::Deliver(event) => {
+                self.hold(event);
+                self.advance().await;
+            }
+            RoomMsg::Join { member, reply } => {
+                let head = self.head_for_join().await;
+                if head.is_ok() {
+                    self.members.insert(member.connection_id, member);
+                }
+                let _ = reply.send(head);
+            }
+            RoomMsg::Leave(id) => {
+                self.members.remove(&id);
+            }
+            RoomMsg::Resync => {
+                self.retry_gap = false;
+                self.catch_up().await;
+            }
+            RoomMsg::StoreHead(seq) => {
+                if self.head.is_some_and(|head| head < seq) {
+                    self.metrics.fanout_catchup("head_check");
+                    self.catch_up().await;
+                }
+            }
+            RoomMsg::Stop => {}
+        }
+    }
+
+    /// Delivers everything the store holds after the head.
+    async fn catch_up(&mut self) {
+        self.fill_from_store(None).await;
+        self.advance().await;
+    }
+
+    /// The head a joining socket starts from: the store's, never a cached
+    /// one, so a client that resumes with `since` after a fault gets what the
+    /// fanout did not bring. Members already here get those events first.
+    async fn head_for_join(&mut self) -> Result<u64, Error> {
+        let before = self.load_head().await?;
+        if !self.fill_from_store(None).await {
+            return Err(Error::unavailable("store unreachable while joining"));
+        }
+        self.advance().await;
+        let head = self.head.unwrap_or(before);
+        if head != before {
+            self.metrics.fanout_catchup("join");
+        }
+        Ok(head)
     }
 
     /// Keeps an event that continues or runs ahead of the head, up to

@@ -101,6 +101,8 @@ catalog! {
         "From an event's commit to its arrival in this replica's room.";
     FANOUT_RECONNECTS = "fanout_reconnects_total", Counter, [],
         "Times the pub/sub connection was re-established.";
+    FANOUT_CATCHUPS = "fanout_catchups_total", Counter, ["cause"],
+        "Rooms that found events in the store the fanout had not brought: head_check (the periodic check) or join.";
     AUDIT_FAILURES = "audit_write_failures_total", Counter, [],
         "Audit rows that could not be written.";
     HEALTH = "health_status", Gauge, ["component"],
@@ -304,6 +306,10 @@ impl Metrics {
             self.labeled_counter(FANOUT_PUBLISH, "result", result)
                 .increment(0);
         }
+        for cause in ["head_check", "join"] {
+            self.labeled_counter(FANOUT_CATCHUPS, "cause", cause)
+                .increment(0);
+        }
     }
 
     fn counter(&self, name: &'static str, labels: Vec<Label>) -> Counter {
@@ -472,6 +478,12 @@ impl Metrics {
 
     pub fn fanout_lag(&self, seconds: f64) {
         self.inner.fanout_lag.record(seconds.max(0.0));
+    }
+
+    /// A room found events in the store that the fanout had not brought.
+    pub fn fanout_catchup(&self, cause: &'static str) {
+        self.labeled_counter(FANOUT_CATCHUPS, "cause", cause)
+            .increment(1);
     }
 
     pub fn fanout_reconnected(&self) {

@@ -608,6 +608,9 @@ impl Store for BrokenStore {
     async fn segments(&self, _: Uuid, _: Page) -> Result<Vec<Segment>, Error> {
         Err(self.fail())
     }
+    async fn heads(&self, _: &[Uuid]) -> Result<Vec<(Uuid, u64)>, Error> {
+        Err(self.fail())
+    }
     async fn events(&self, _: Uuid, _: Page) -> Result<Vec<Event>, Error> {
         Err(self.fail())
     }

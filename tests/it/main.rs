@@ -10,6 +10,7 @@ mod common;
 mod api;
 mod binary;
 mod cluster;
+mod delivery;
 mod deploy;
 mod gcra_lua;
 mod layers;

@@ -109,6 +109,14 @@ impl Store for MemoryStore {
             .unwrap_or_default())
     }
 
+    async fn heads(&self, draft_ids: &[Uuid]) -> Result<Vec<(Uuid, u64)>, Error> {
+        let state = self.lock();
+        Ok(draft_ids
+            .iter()
+            .filter_map(|id| state.drafts.get(id).map(|r| (*id, r.draft.seq)))
+            .collect())
+    }
+
     async fn mutate(
         &self,
         draft_id: Uuid,

@@ -354,6 +354,22 @@ impl Store for PostgresStore {
             .await
     }
 
+    #[instrument(skip_all, fields(drafts = draft_ids.len()))]
+    async fn heads(&self, draft_ids: &[Uuid]) -> Result<Vec<(Uuid, u64)>, Error> {
+        self.db
+            .timed("heads", async {
+                let client = self.db.conn().await?;
+                let statement = client
+                    .prepare_cached("SELECT id, seq FROM drafts WHERE id = ANY($1)")
+                    .await?;
+                let rows = client.query(&statement, &[&draft_ids]).await?;
+                rows.iter()
+                    .map(|row| Ok((col(row, "id")?, seq_of(col(row, "seq")?))))
+                    .collect()
+            })
+            .await
+    }
+
     #[instrument(skip_all, fields(draft_id = %draft_id))]
     async fn mutate(
         &self,

@@ -121,6 +121,12 @@ impl Cluster {
     }
 
     pub async fn spawn_replica(&self) -> Replica {
+        self.spawn_replica_with(&[]).await
+    }
+
+    /// A replica whose settings differ from the others' (its own proxy to
+    /// Redis or Postgres, say).
+    pub async fn spawn_replica_with(&self, extra: &[(&str, String)]) -> Replica {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_collabd"));
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -135,6 +141,7 @@ impl Cluster {
             .env("LOG_LEVEL", "info")
             .env("SHUTDOWN_TIMEOUT_SECONDS", "2")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);

@@ -1,17 +1,25 @@
 //! A TCP proxy a test can cut and restore, to make a backend unreachable
 //! without touching the shared server: `cut` closes every open connection and
-//! refuses new ones until `restore`.
+//! refuses new ones until `restore`. For Postgres it can also lose the reply
+//! to one COMMIT: the transaction commits, the client never hears so.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+
+/// A simple-protocol `COMMIT`, as tokio-postgres sends it: 'Q', the length
+/// (4 + 7), the text and its NUL.
+const COMMIT: &[u8] = b"Q\0\0\0\x0bCOMMIT\0";
 
 pub struct Proxy {
     pub addr: SocketAddr,
     open: Arc<AtomicBool>,
+    /// Armed: the next COMMIT passes, its reply is dropped with the connection.
+    lose_commit: Arc<AtomicBool>,
     /// Cancelled on cut; replaced by a fresh token for later connections.
     generation: Arc<Mutex<CancellationToken>>,
     accept: tokio::task::JoinHandle<()>,
@@ -22,9 +30,11 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let open = Arc::new(AtomicBool::new(true));
+        let lose_commit = Arc::new(AtomicBool::new(false));
         let generation = Arc::new(Mutex::new(CancellationToken::new()));
         let accept = {
             let (open, generation) = (open.clone(), generation.clone());
+            let lose_commit = lose_commit.clone();
             tokio::spawn(async move {
                 while let Ok((mut inbound, _)) = listener.accept().await {
                     if !open.load(Ordering::SeqCst) {
@@ -32,12 +42,13 @@ impl Proxy {
                         continue;
                     }
                     let cut = generation.lock().unwrap().clone();
+                    let lose_commit = lose_commit.clone();
                     tokio::spawn(async move {
                         let Ok(mut outbound) = TcpStream::connect(target).await else {
                             return;
                         };
                         tokio::select! {
-                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            _ = pump(&mut inbound, &mut outbound, &lose_commit) => {}
                             _ = cut.cancelled() => {}
                         }
                     });
@@ -47,6 +58,7 @@ impl Proxy {
         Proxy {
             addr,
             open,
+            lose_commit,
             generation,
             accept,
         }
@@ -62,6 +74,64 @@ impl Proxy {
 
     pub fn restore(&self) {
         self.open.store(true, Ordering::SeqCst);
+    }
+
+    /// The next COMMIT any connection sends reaches the server; its reply
+    /// does not reach the client, whose connection is then dropped.
+    pub fn lose_next_commit_reply(&self) {
+        self.lose_commit.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the armed COMMIT has gone through.
+    pub fn commit_reply_lost(&self) -> bool {
+        !self.lose_commit.load(Ordering::SeqCst)
+    }
+}
+
+/// Copies both ways until either side closes; when `lose_commit` is armed,
+/// the first COMMIT is forwarded and the server's reply to it swallowed,
+/// ending the connection.
+async fn pump(inbound: &mut TcpStream, outbound: &mut TcpStream, lose_commit: &AtomicBool) {
+    let (mut client_read, mut client_write) = inbound.split();
+    let (mut server_read, mut server_write) = outbound.split();
+    let committing = AtomicBool::new(false);
+    let up = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match client_read.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let chunk = &buf[..n];
+            if chunk.windows(COMMIT.len()).any(|w| w == COMMIT)
+                && lose_commit.swap(false, Ordering::SeqCst)
+            {
+                committing.store(true, Ordering::SeqCst);
+            }
+            if server_write.write_all(chunk).await.is_err() {
+                return;
+            }
+        }
+    };
+    let down = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match server_read.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if committing.load(Ordering::SeqCst) {
+                // The server answered the COMMIT: it is durable. Lose it.
+                return;
+            }
+            if client_write.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
     }
 }
 

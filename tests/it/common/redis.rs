@@ -14,6 +14,30 @@ pub fn base_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned())
 }
 
+/// The test Redis's address, for a proxy in front of it.
+pub fn server_addr() -> SocketAddr {
+    let url = base_url();
+    let host_port = url
+        .trim_start_matches("redis://")
+        .split(['/', '?'])
+        .next()
+        .unwrap()
+        .rsplit('@')
+        .next()
+        .unwrap()
+        .replace("localhost", "127.0.0.1");
+    host_port
+        .parse()
+        .expect("TEST_REDIS_URL names an IP host and port")
+}
+
+/// The test Redis URL with its address replaced by a proxy's.
+pub fn url_via(proxy: SocketAddr) -> String {
+    let url = base_url();
+    let db = url.rsplit_once('/').map(|(_, db)| db).unwrap_or("0");
+    format!("redis://{proxy}/{db}")
+}
+
 /// A key prefix no other test uses.
 pub fn unique_prefix() -> String {
     format!("collabd-test:{}:", uuid::Uuid::new_v4().simple())
