@@ -1081,9 +1081,10 @@ async fn soak(
         }
         total
     };
-    // The load has stopped and every socket is closed; give the replicas a
-    // moment to drop their rooms and buffers, then see what is left.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // The load has stopped and every socket is closed; give the replicas
+    // time to drop their rooms and buffers and to hand freed pages back (the
+    // trim runs every 10 s), then see what is left.
+    tokio::time::sleep(Duration::from_secs(15)).await;
     let after = pids
         .iter()
         .map(|p| rss_bytes(*p))

@@ -24,6 +24,7 @@ use crate::adapters::fallback::{self, FallbackLimiter, ReplicaCount};
 use crate::adapters::memory::{
     MemoryAudit, MemoryFanout, MemoryLeases, MemoryRateLimiter, MemoryStore, SoleLeader,
 };
+use crate::adapters::postgres::claim::{claim, Claim, Sharing};
 use crate::adapters::postgres::migrate::MigrateError;
 use crate::adapters::postgres::{self, PoolSettings, PostgresAudit, PostgresHealth, PostgresStore};
 use crate::adapters::redis::{
@@ -34,7 +35,7 @@ use crate::collab::audit::Auditor;
 use crate::collab::service::{CollabCaps, CollabService};
 use crate::config::{self, Config, MigrateArgs};
 use crate::error::Error;
-use crate::http::{Health, RequestContext};
+use crate::http::{server, Health, RequestContext};
 use crate::limits::http::{Policies, RateLimits};
 use crate::ports::{
     AuditSink, Fanout, HealthCheck, Leadership, RateLimiter, RoomSink, Rooms, SocketCaps,
@@ -90,6 +91,9 @@ pub struct Backends {
     pub registry: RoomRegistry,
     pub metrics: Metrics,
     pub mode: Mode,
+    /// This replica's claim on the database (Postgres modes): held for the
+    /// life of the process.
+    pub claim: Option<Claim>,
 }
 
 /// The store as a health check, for the modes whose store has no other.
@@ -125,12 +129,29 @@ impl Backends {
             registry,
             metrics: Metrics::new(),
             mode: Mode::Standalone,
+            claim: None,
         }
     }
 
     /// Durable: drafts, events and audit rows in Postgres (migrated first);
-    /// fanout and limits in this process.
+    /// fanout and limits in this process, so this replica must be the only
+    /// one on the database (it is refused otherwise).
     pub async fn postgres(config: &Config, settings: &PoolSettings) -> Result<Self, StartError> {
+        Backends::durable(config, settings, Sharing::Alone).await
+    }
+
+    async fn durable(
+        config: &Config,
+        settings: &PoolSettings,
+        sharing: Sharing,
+    ) -> Result<Self, StartError> {
+        // A replica being replaced may still be draining: wait that long.
+        let wait = Duration::from_secs(
+            config.database_connect_timeout_seconds
+                + config.shutdown_drain_delay_seconds
+                + config.shutdown_timeout_seconds,
+        );
+        let claim = claim(settings, sharing, wait).await?;
         let pool = postgres::pool(settings)?;
         let applied = postgres::migrate::migrate(&pool).await?;
         tracing::info!(applied = ?applied, "database schema is current");
@@ -142,6 +163,7 @@ impl Backends {
         backends.audit = Arc::new(PostgresAudit::new(pool, timeout, metrics.clone()));
         backends.checks = vec![Arc::new(PostgresHealth::new(store, metrics))];
         backends.mode = Mode::Postgres;
+        backends.claim = Some(claim);
         Ok(backends)
     }
 
@@ -152,7 +174,7 @@ impl Backends {
         database: &PoolSettings,
         settings: &RedisSettings,
     ) -> Result<Self, StartError> {
-        let mut backends = Backends::postgres(config, database).await?;
+        let mut backends = Backends::durable(config, database, Sharing::Cluster).await?;
         let pool = redis::pool(settings).await?;
         let metrics = backends.metrics.clone();
         let rooms: Arc<dyn RoomSink> = Arc::new(backends.registry.clone());
@@ -314,6 +336,8 @@ pub struct AppState {
     rooms: Arc<dyn Rooms>,
     leadership: Arc<dyn Leadership>,
     checks: Arc<[Arc<dyn HealthCheck>]>,
+    /// Held, never read: released when the last clone of the state goes.
+    _claim: Option<Arc<Claim>>,
     /// Cancelled when draining starts; sockets watch it.
     pub shutdown: CancellationToken,
     /// Tracks socket sessions so shutdown can wait for their goodbyes.
@@ -377,6 +401,10 @@ impl AppState {
                 max_message_bytes: config.ws_max_message_bytes as usize,
                 outbound_queue: config.ws_outbound_queue as usize,
                 allowed_origins: config.ws_allowed_origins.clone().into(),
+                ping_interval: Duration::from_secs(config.ws_ping_interval_seconds),
+                idle_timeout: Duration::from_secs(config.ws_idle_timeout_seconds),
+                inbound_per_second: config.ws_inbound_per_second,
+                inbound_burst: config.ws_inbound_burst,
             },
             metrics: metrics.clone(),
             shutdown: shutdown.clone(),
@@ -415,6 +443,7 @@ impl AppState {
             rooms: backends.rooms,
             leadership: backends.leadership,
             checks: backends.checks.into(),
+            _claim: backends.claim.map(Arc::new),
             shutdown,
             sockets,
         }
@@ -509,20 +538,20 @@ pub async fn run(
     let sockets = state.sockets.clone();
     let grace = state.config.shutdown_timeout();
     let delay = Duration::from_secs(state.config.shutdown_drain_delay_seconds);
+    let header_timeout = Duration::from_secs(state.config.http_header_timeout_seconds);
     let background = spawn_background(&state);
     if let Some(listener) = management {
         let app =
             crate::http::management::router(state.clone(), state.config.metrics_auth_token.clone());
         let stop = drain.clone();
         tokio::spawn(async move {
-            let server = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await });
-            if let Err(e) = server.await {
+            let stopped = async move { stop.cancelled().await };
+            if let Err(e) = server::serve(listener, app, header_timeout, stopped).await {
                 tracing::error!(error.message = %e, "management listener failed");
             }
         });
     }
-    let app = public_router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let app = public_router(state);
     let signal = {
         let drain = drain.clone();
         async move {
@@ -536,8 +565,8 @@ pub async fn run(
             tokio::time::sleep(delay).await;
         }
     };
-    let server = axum::serve(public, app).with_graceful_shutdown(signal);
-    let mut server = tokio::spawn(async move { server.await });
+    let server = server::serve(public, app, header_timeout, signal);
+    let mut server = tokio::spawn(server);
     tokio::select! {
         _ = drain.cancelled() => {}
         // The server stopped by itself (an accept error): nothing to drain.
@@ -561,8 +590,12 @@ pub async fn run(
     }
 }
 
-/// Periodic work: the stored-totals poller, the metrics upkeep and the rooms'
-/// head check. Stopped by the returned token.
+/// How often memory the allocator holds free goes back to the system, so RSS
+/// comes down after a load (glibc would keep it at the peak).
+const TRIM_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Periodic work: the stored-totals poller, the metrics upkeep, the rooms'
+/// head check and the memory trim. Stopped by the returned token.
 fn spawn_background(state: &AppState) -> CancellationToken {
     let stop = CancellationToken::new();
     let every = Duration::from_secs(state.config.state_metrics_interval_seconds);
@@ -582,6 +615,16 @@ fn spawn_background(state: &AppState) -> CancellationToken {
     let (hub, token) = (state.sessions.hub.clone(), stop.clone());
     let every = Duration::from_secs(state.config.room_head_check_seconds);
     tokio::spawn(async move { hub.check_heads(every, token).await });
+    let token = stop.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(TRIM_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tick.tick() => telemetry::process::return_free_memory(),
+            }
+        }
+    });
     stop
 }
 

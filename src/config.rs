@@ -211,6 +211,10 @@ pub struct Config {
     /// HS256 secret for bearer tokens. Never logged.
     #[arg(long, env = "AUTH_JWT_SECRET", default_value = DEV_JWT_SECRET, hide_env_values = true, hide_default_value = true)]
     pub auth_jwt_secret: String,
+    /// A client must send a request's whole head (line and headers) within
+    /// this long, or its connection is closed.
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub http_header_timeout_seconds: u64,
     /// Largest accepted request body in bytes (larger: 413 payload_too_large).
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
@@ -262,6 +266,20 @@ pub struct Config {
         default_value = "*"
     )]
     pub ws_allowed_origins: Vec<String>,
+    /// Seconds between the server's WebSocket pings on each socket.
+    #[arg(long, env = "WS_PING_INTERVAL_SECONDS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub ws_ping_interval_seconds: u64,
+    /// A socket that sends nothing (no frame, no pong) for this long is
+    /// closed and its lease released: a vanished client cannot hold a slot.
+    #[arg(long, env = "WS_IDLE_TIMEOUT_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(2..=86_400))]
+    pub ws_idle_timeout_seconds: u64,
+    /// Client frames one socket may send per second, sustained.
+    #[arg(long, env = "WS_INBOUND_PER_SECOND", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub ws_inbound_per_second: u32,
+    /// Client frames one socket may send at once; a whole burst refused in a
+    /// row closes the socket with `rate_limited`.
+    #[arg(long, env = "WS_INBOUND_BURST", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub ws_inbound_burst: u32,
     /// How often each replica checks its rooms' heads against the store, so
     /// an event the fanout lost (a cut, a lost reply) reaches watchers
     /// within this long even if the draft then goes quiet.
@@ -452,6 +470,11 @@ impl Config {
                     .any(|c| c.is_whitespace() || c == '{' || c == '}'),
             "REDIS_KEY_PREFIX",
             || "must be non-empty, without spaces or braces".into(),
+        )?;
+        ensure(
+            self.ws_idle_timeout_seconds > self.ws_ping_interval_seconds,
+            "WS_IDLE_TIMEOUT_SECONDS",
+            || "must be longer than WS_PING_INTERVAL_SECONDS, or a live client times out".into(),
         )?;
         ensure(
             !self.ws_allowed_origins.iter().any(|o| o.trim().is_empty()),

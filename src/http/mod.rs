@@ -10,6 +10,7 @@ pub mod extract;
 pub mod management;
 pub mod request;
 pub mod response;
+pub mod server;
 
 use std::sync::Arc;
 use std::time::Instant;

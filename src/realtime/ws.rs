@@ -63,12 +63,17 @@ pub struct Sessions {
 }
 
 /// The per-socket knobs: `WS_MAX_MESSAGE_BYTES`, `WS_OUTBOUND_QUEUE`,
-/// `WS_ALLOWED_ORIGINS`.
+/// `WS_ALLOWED_ORIGINS`, `WS_PING_INTERVAL_SECONDS`,
+/// `WS_IDLE_TIMEOUT_SECONDS`, `WS_INBOUND_PER_SECOND`, `WS_INBOUND_BURST`.
 #[derive(Clone, Debug)]
 pub struct SocketSettings {
     pub max_message_bytes: usize,
     pub outbound_queue: usize,
     pub allowed_origins: Arc<[String]>,
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
+    pub inbound_per_second: u32,
+    pub inbound_burst: u32,
 }
 
 /// The WebSocket route, for any state that can hand out `Sessions`.
@@ -198,6 +203,10 @@ enum Ending {
     Forbidden,
     Limit,
     Unavailable,
+    /// Nothing heard (no frame, no pong) for `WS_IDLE_TIMEOUT_SECONDS`.
+    Idle,
+    /// A whole burst of frames over the inbound limit, in a row.
+    Flood,
 }
 
 impl Ending {
@@ -208,15 +217,22 @@ impl Ending {
             Ending::Shutdown => "shutdown",
             Ending::SlowConsumer => "slow_consumer",
             Ending::Limit => "limit",
-            Ending::TooLarge | Ending::BadMessage | Ending::Forbidden => "policy",
+            Ending::TooLarge | Ending::BadMessage | Ending::Forbidden | Ending::Flood => "policy",
             Ending::Unavailable => "error",
+            Ending::Idle => "idle",
         }
     }
 
     /// What the client is told, or `None` when there is no one to tell.
     fn notice(self) -> Option<Notice> {
         let (code, message, close_code) = match self {
-            Ending::ClientGone => return None,
+            // Most likely gone; the close frame is the whole goodbye.
+            Ending::ClientGone | Ending::Idle => return None,
+            Ending::Flood => (
+                "rate_limited",
+                "too many messages; at most WS_INBOUND_PER_SECOND a second",
+                CLOSE_POLICY,
+            ),
             Ending::Shutdown => (
                 "shutdown",
                 "server is shutting down; reconnect with since",
@@ -369,13 +385,21 @@ impl Session {
         if let Err(ending) = greeted.await {
             return ending;
         }
+        let settings = &self.sessions.settings;
+        let every = settings.ping_interval;
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut client = ClientSide::new(settings);
         loop {
+            let silent_until = client.last_heard + settings.idle_timeout;
             let step = tokio::select! {
                 biased;
                 _ = signals.shutdown.cancelled() => Err(Ending::Shutdown),
                 _ = signals.kick.cancelled() => Err(Ending::SlowConsumer),
+                _ = tokio::time::sleep_until(silent_until) => Err(Ending::Idle),
+                _ = ping.tick() => signals.send(socket, Message::Ping(Default::default())).await,
                 frame = rx.recv() => self.on_frame(socket, frame, &mut last_sent, signals).await,
-                inbound = socket.recv() => self.on_inbound(socket, inbound, signals).await,
+                inbound = socket.recv() => self.on_inbound(socket, inbound, &mut client, signals).await,
             };
             if let Err(ending) = step {
                 return ending;
@@ -440,16 +464,39 @@ impl Session {
         Ok(())
     }
 
-    /// A frame from the client: a ping is answered; anything else ends the
-    /// session with the reason.
+    /// A frame from the client: it proves the client alive; past the inbound
+    /// limit it is dropped (told once, closed after a whole burst); a ping is
+    /// answered; anything else ends the session with the reason.
     async fn on_inbound(
         &self,
         socket: &mut WebSocket,
         inbound: Option<Result<Message, axum::Error>>,
+        client: &mut ClientSide,
         signals: &Signals,
     ) -> Result<(), Ending> {
         let max = self.sessions.settings.max_message_bytes;
         let metrics = &self.sessions.metrics;
+        client.last_heard = tokio::time::Instant::now();
+        if matches!(
+            inbound,
+            Some(Ok(Message::Text(_) | Message::Binary(_) | Message::Ping(_)))
+        ) {
+            match client.admit() {
+                Admit::Yes => {}
+                Admit::Drop => {
+                    metrics.ws_inbound_refused();
+                    return Ok(());
+                }
+                Admit::Warn => {
+                    metrics.ws_inbound_refused();
+                    return self.warn_rate_limited(socket, signals).await;
+                }
+                Admit::Close => {
+                    metrics.ws_inbound_refused();
+                    return Err(Ending::Flood);
+                }
+            }
+        }
         match inbound {
             None | Some(Ok(Message::Close(_))) => Err(Ending::ClientGone),
             Some(Err(e)) => Err(classify(e)),
@@ -478,6 +525,26 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// The first frame over the inbound limit is answered, once, so a client
+    /// can tell why its frames go unanswered.
+    async fn warn_rate_limited(
+        &self,
+        socket: &mut WebSocket,
+        signals: &Signals,
+    ) -> Result<(), Ending> {
+        let frame = json!({
+            "type": "error",
+            "code": "rate_limited",
+            "message": "too many messages; frames over WS_INBOUND_PER_SECOND are dropped",
+        });
+        signals
+            .send(socket, Message::Text(frame.to_string().into()))
+            .await?;
+        self.sessions.metrics.ws_sent("error");
+        tracing::info!("socket over its inbound rate");
+        Ok(())
     }
 
     /// Sends the stored events after `last_sent` up to `until`, in order.
@@ -514,6 +581,61 @@ impl Session {
             }
         }
         Ok(())
+    }
+}
+
+/// What the session knows of its client: when it was last heard from, and
+/// its inbound token bucket (`WS_INBOUND_PER_SECOND` sustained,
+/// `WS_INBOUND_BURST` at once).
+struct ClientSide {
+    last_heard: tokio::time::Instant,
+    tokens: f64,
+    refilled: tokio::time::Instant,
+    per_second: f64,
+    burst: f64,
+    /// Frames refused since the last one admitted.
+    refused_in_a_row: u32,
+}
+
+/// What to do with one inbound frame.
+enum Admit {
+    Yes,
+    /// Over the limit: drop it, and say so (the first time in a row).
+    Warn,
+    Drop,
+    /// A whole burst refused in a row: the client does not slow down.
+    Close,
+}
+
+impl ClientSide {
+    fn new(settings: &SocketSettings) -> Self {
+        let now = tokio::time::Instant::now();
+        ClientSide {
+            last_heard: now,
+            tokens: settings.inbound_burst as f64,
+            refilled: now,
+            per_second: settings.inbound_per_second as f64,
+            burst: settings.inbound_burst as f64,
+            refused_in_a_row: 0,
+        }
+    }
+
+    fn admit(&mut self) -> Admit {
+        let now = tokio::time::Instant::now();
+        let earned = (now - self.refilled).as_secs_f64() * self.per_second;
+        self.tokens = (self.tokens + earned).min(self.burst);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.refused_in_a_row = 0;
+            return Admit::Yes;
+        }
+        self.refused_in_a_row += 1;
+        match self.refused_in_a_row {
+            1 => Admit::Warn,
+            n if n as f64 >= self.burst => Admit::Close,
+            _ => Admit::Drop,
+        }
     }
 }
 

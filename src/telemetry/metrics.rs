@@ -66,7 +66,9 @@ catalog! {
     WS_DURATION = "ws_connection_duration_seconds", Histogram, [],
         "How long WebSocket sessions lasted.";
     WS_DISCONNECTS = "ws_disconnects_total", Counter, ["reason"],
-        "Sessions ended, by reason: normal, slow_consumer, limit, shutdown, policy, error.";
+        "Sessions ended, by reason: normal, slow_consumer, limit, shutdown, policy, error, idle.";
+    WS_INBOUND_REFUSED = "ws_inbound_rate_limited_total", Counter, [],
+        "Client frames dropped by the per-socket inbound limit (WS_INBOUND_PER_SECOND, WS_INBOUND_BURST).";
     WS_QUEUE_DEPTH = "ws_outbound_queue_depth", Histogram, [],
         "Frames waiting in a socket's outbound queue when another is added.";
     WS_DROPPED = "ws_outbound_dropped_total", Counter, [],
@@ -152,6 +154,7 @@ const DISCONNECT_REASONS: &[&str] = &[
     "shutdown",
     "policy",
     "error",
+    "idle",
 ];
 const MUTATION_TYPES: &[&str] = &[
     "create_draft",
@@ -195,6 +198,7 @@ struct Inner {
     ws_duration: Histogram,
     ws_queue_depth: Histogram,
     ws_dropped: Counter,
+    ws_inbound_refused: Counter,
     fanout_lag: Histogram,
     fanout_reconnects: Counter,
     audit_failures: Counter,
@@ -252,6 +256,7 @@ impl Metrics {
             ws_duration: recorder.register_histogram(&plain(WS_DURATION), &METADATA),
             ws_queue_depth: recorder.register_histogram(&plain(WS_QUEUE_DEPTH), &METADATA),
             ws_dropped: recorder.register_counter(&plain(WS_DROPPED), &METADATA),
+            ws_inbound_refused: recorder.register_counter(&plain(WS_INBOUND_REFUSED), &METADATA),
             fanout_lag: recorder.register_histogram(&plain(FANOUT_LAG), &METADATA),
             fanout_reconnects: recorder.register_counter(&plain(FANOUT_RECONNECTS), &METADATA),
             audit_failures: recorder.register_counter(&plain(AUDIT_FAILURES), &METADATA),
@@ -411,6 +416,10 @@ impl Metrics {
 
     pub fn ws_received(&self) {
         self.inner.ws_received.increment(1);
+    }
+
+    pub fn ws_inbound_refused(&self) {
+        self.inner.ws_inbound_refused.increment(1);
     }
 
     pub fn ws_queue_depth(&self, depth: usize) {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::pg::{server_addr, TestDb};
+use crate::common::redis::{base_url, TestPrefix};
 use crate::common::proxy::Proxy;
 use crate::common::*;
 use collabd::adapters::postgres::migrate::{migrate, MigrateError, MIGRATIONS};
@@ -22,11 +23,20 @@ fn seqs_of(reply: &Reply) -> Vec<u64> {
         .collect()
 }
 
+/// Several replicas on one database are a cluster: they share Redis.
+fn in_cluster(prefix: &TestPrefix) -> impl Fn(&mut collabd::config::Config) + '_ {
+    |c| {
+        c.redis_url = Some(base_url());
+        c.redis_key_prefix = prefix.prefix.clone();
+    }
+}
+
 #[tokio::test]
 async fn two_replicas_on_one_database_assign_gap_free_seqs() {
     let db = TestDb::create().await;
-    let a = Arc::new(spawn_on(db.clone(), None, |_| {}).await);
-    let b = Arc::new(spawn_on(db.clone(), None, |_| {}).await);
+    let prefix = TestPrefix::new();
+    let a = Arc::new(spawn_on(db.clone(), None, in_cluster(&prefix)).await);
+    let b = Arc::new(spawn_on(db.clone(), None, in_cluster(&prefix)).await);
     let id = a.create_draft("alice", "Shared").await;
 
     let appends = (0..32).map(|n| {
@@ -58,8 +68,9 @@ async fn two_replicas_on_one_database_assign_gap_free_seqs() {
 #[tokio::test]
 async fn retries_racing_on_two_replicas_create_one_segment() {
     let db = TestDb::create().await;
-    let a = Arc::new(spawn_on(db.clone(), None, |_| {}).await);
-    let b = Arc::new(spawn_on(db.clone(), None, |_| {}).await);
+    let prefix = TestPrefix::new();
+    let a = Arc::new(spawn_on(db.clone(), None, in_cluster(&prefix)).await);
+    let b = Arc::new(spawn_on(db.clone(), None, in_cluster(&prefix)).await);
     let id = a.create_draft("alice", "Once").await;
     let path = format!("/v1/collab/drafts/{id}/segments");
     let retries = (0..32).map(|n| {
@@ -86,6 +97,35 @@ async fn retries_racing_on_two_replicas_create_one_segment() {
         .all(|r| r.body["id"] == replies[0].body["id"]));
     assert_eq!(db.count("segments").await, 1);
     assert_eq!(db.count("events").await, 1);
+}
+
+/// A replica without Redis fans out only to its own sockets: a second one
+/// on the same database (or a cluster replica next to it) would silently
+/// split the watchers, so it is refused at start-up, naming what to do.
+#[tokio::test]
+async fn a_second_replica_without_redis_is_refused_until_the_first_is_gone() {
+    let db = TestDb::create().await;
+    let prefix = TestPrefix::new();
+    let first = spawn_on(db.clone(), None, |_| {}).await;
+    let quick = |c: &mut collabd::config::Config| {
+        c.database_url = Some(db.url());
+        c.database_connect_timeout_seconds = 1;
+        c.shutdown_timeout_seconds = 1;
+    };
+    for redis in [None, Some(base_url())] {
+        let mut config = collabd::config::Config::defaults();
+        quick(&mut config);
+        config.redis_url = redis.clone();
+        config.redis_key_prefix = prefix.prefix.clone();
+        let refused = collabd::app::Backends::from_config(&config).await;
+        let message = refused.err().expect("refused").to_string();
+        assert!(message.contains("REDIS_URL"), "{redis:?}: {message}");
+    }
+    first.shutdown().await.unwrap();
+    // Gone: the next one starts (waiting, if need be, for the old claim).
+    let second = spawn_on(db.clone(), None, |_| {}).await;
+    let id = second.create_draft("alice", "Mine now").await;
+    assert_eq!(second.head("alice", &id).await, 0);
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use crate::common::*;
+use futures_util::StreamExt;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -367,3 +368,129 @@ conformance!(
     shutdown_closes_sockets_with_1001_and_refuses_new_ones,
     draining_turns_readiness_false_and_refuses_upgrades,
 );
+
+/// Completes the upgrade over a bare TCP connection and returns it unread:
+/// a client whose network vanished (it will never answer a ping).
+async fn silent_socket(app: &TestApp, user: &str, draft: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let request = format!(
+        "GET /v1/collab/drafts/{draft}/ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {}\r\n\r\n",
+        app.addr,
+        app.token(user)
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        within(tcp.read_exact(&mut byte)).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    tcp
+}
+
+#[tokio::test]
+async fn a_silent_socket_is_closed_and_frees_its_slot_while_a_live_one_stays() {
+    let app = spawn_with(Kind::Memory, |c| {
+        c.ws_ping_interval_seconds = 1;
+        c.ws_idle_timeout_seconds = 2;
+        c.ws_limits_enabled = true;
+        c.ws_max_sockets_per_user = 1;
+    })
+    .await;
+    let id = app.create_draft("alice", "Half-open").await;
+    assert_eq!(app.add("alice", &id, "bob", "viewer").await.status, 201);
+    // Bob reads (and so answers the server's pings) all along.
+    let (mut live, _) = app.ws("bob", &id, None).await;
+    let (frames, mut received) = tokio::sync::mpsc::unbounded_channel();
+    let reading = tokio::spawn(async move {
+        loop {
+            let frame = live.next_json().await;
+            if frames.send(frame).is_err() {
+                return;
+            }
+        }
+    });
+
+    let _silent = silent_socket(&app, "alice", &id).await;
+    // Alice's slot is taken by a client that will never speak again...
+    let mut refused = app.ws_raw("alice", &id, "").await;
+    refused.expect_closed("ws_limit", 1008).await;
+    // ...until the idle timeout frees it.
+    eventually(|| async {
+        app.scrape()
+            .await
+            .contains("ws_disconnects_total{reason=\"idle\"} 1")
+    })
+    .await;
+    let (_again, ready) = app.ws("alice", &id, None).await;
+    assert_eq!(ready["type"], "ready");
+
+    // Bob, who answered every ping, is still there and still served.
+    assert_eq!(app.append("alice", &id, "still here?").await.status, 201);
+    let event = within(received.recv()).await.unwrap();
+    assert_eq!(event["seq"], 2);
+    assert!(!reading.is_finished());
+    reading.abort();
+}
+
+#[tokio::test]
+async fn a_flooding_socket_is_refused_while_others_keep_being_served() {
+    let app = spawn_with(Kind::Memory, |c| {
+        c.ws_inbound_per_second = 10;
+        c.ws_inbound_burst = 20;
+    })
+    .await;
+    let id = app.create_draft("alice", "Flood").await;
+    let (mut calm, _) = app.ws("alice", &id, None).await;
+    let (mut flood, _) = app.ws("alice", &id, None).await;
+    for _ in 0..10_000 {
+        flood.send_text_unchecked(r#"{"type":"ping"}"#).await;
+    }
+    let mut pongs = 0;
+    let mut warned = false;
+    let closed = loop {
+        let frame = match within(flood.stream.next()).await {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text))) => {
+                serde_json::from_str::<serde_json::Value>(text.as_str()).unwrap()
+            }
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("the flooder was not closed cleanly: {other:?}"),
+        };
+        match frame["type"].as_str() {
+            Some("pong") => pongs += 1,
+            Some("error") => {
+                assert_eq!(frame["code"], "rate_limited");
+                warned = true;
+            }
+            _ => {}
+        }
+    };
+    let closed = closed.expect("a close frame");
+    assert_eq!(u16::from(closed.code), 1008);
+    assert_eq!(closed.reason.as_str(), "rate_limited");
+    assert!(warned, "the flooder was never told");
+    // The burst, and what the rate refilled meanwhile; never the 10,000.
+    assert!((20..200).contains(&pongs), "{pongs} pongs");
+    let text = app.scrape().await;
+    let refused: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ws_inbound_rate_limited_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_default();
+    assert!(refused >= 20.0, "{refused} frames counted as refused");
+
+    // The calm socket and the server carry on.
+    assert_eq!(app.append("alice", &id, "calm").await.status, 201);
+    assert_eq!(calm.next_seqs(1).await, [1]);
+    calm.send_text(r#"{"type":"ping"}"#).await;
+    assert_eq!(calm.next_json().await["type"], "pong");
+}

@@ -4,6 +4,7 @@
 //! draft's row, so seqs stay gap-free and appends exactly-once cluster-wide.
 
 pub mod audit;
+pub mod claim;
 pub mod migrate;
 pub mod store;
 

@@ -455,7 +455,7 @@ where
 }
 
 pub struct WsClient {
-    stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
 }
 
 /// How a socket ended: the last error frame's code and the close frame.
