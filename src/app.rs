@@ -145,11 +145,12 @@ impl Backends {
         settings: &PoolSettings,
         sharing: Sharing,
     ) -> Result<Self, StartError> {
-        // A replica being replaced may still be draining: wait that long.
+        // A replica being replaced may still be draining: its sockets, then
+        // its requests, each get the shutdown timeout after the drain delay.
         let wait = Duration::from_secs(
             config.database_connect_timeout_seconds
                 + config.shutdown_drain_delay_seconds
-                + config.shutdown_timeout_seconds,
+                + 2 * config.shutdown_timeout_seconds,
         );
         let claim = claim(settings, sharing, wait).await?;
         let pool = postgres::pool(settings)?;
@@ -569,7 +570,7 @@ pub async fn run(
     let mut server = tokio::spawn(server);
     tokio::select! {
         _ = drain.cancelled() => {}
-        // The server stopped by itself (an accept error): nothing to drain.
+        // The server task ended by itself (it panicked): nothing to drain.
         ended = &mut server => {
             background.cancel();
             return ended.unwrap_or_else(|join| Err(std::io::Error::other(join)));

@@ -212,8 +212,9 @@ pub struct Config {
     #[arg(long, env = "AUTH_JWT_SECRET", default_value = DEV_JWT_SECRET, hide_env_values = true, hide_default_value = true)]
     pub auth_jwt_secret: String,
     /// A client must send a request's whole head (line and headers) within
-    /// this long, or its connection is closed.
-    #[arg(long, env = "HTTP_HEADER_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    /// this long, or its connection is closed; also the longest an idle
+    /// keep-alive connection is kept (keep it above the load balancer's).
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT_SECONDS", default_value_t = 75, value_parser = clap::value_parser!(u64).range(1..=600))]
     pub http_header_timeout_seconds: u64,
     /// Largest accepted request body in bytes (larger: 413 payload_too_large).
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]

@@ -105,6 +105,11 @@ pub struct StoreCounts {
 pub trait Fanout: Send + Sync + 'static {
     /// Sends a committed event to every subscriber of its draft's room.
     async fn publish(&self, event: &Event) -> Result<(), Error>;
+    /// Sends an event again, long after its commit (a replayed append):
+    /// the same delivery, but no fanout-lag sample, which it would distort.
+    async fn publish_again(&self, event: &Event) -> Result<(), Error> {
+        self.publish(event).await
+    }
     /// Starts receiving a room's events; called when its first local socket joins.
     async fn subscribe(&self, draft_id: Uuid) -> Result<(), Error>;
     /// Stops receiving a room's events; called when its last local socket leaves.

@@ -297,8 +297,14 @@ impl CollabService {
         };
         match self.store.events(draft_id, page).await {
             Ok(events) => {
-                if let Some(event) = events.into_iter().find(|e| e.seq == seq) {
-                    self.emit(&event).await;
+                if let Some(event) = events.iter().find(|e| e.seq == seq) {
+                    if let Err(e) = self.fanout.publish_again(event).await {
+                        tracing::warn!(
+                            error.message = %e,
+                            seq,
+                            "replayed event not republished; the rooms' head check will bring it"
+                        );
+                    }
                 }
             }
             Err(e) => tracing::warn!(

@@ -1,7 +1,10 @@
 //! The HTTP/1 server loop: a router on hyper connections, with what
 //! `axum::serve` lacks: a header-read timeout (`HTTP_HEADER_TIMEOUT_SECONDS`),
 //! so a client that trickles its request head cannot hold a connection (and
-//! a file descriptor) forever. It also gives handlers the peer address
+//! a file descriptor) forever. Hyper applies the same timer while a
+//! keep-alive connection waits for its next request, so it is also the
+//! longest an idle connection is kept: keep it above the load balancer's
+//! idle timeout. It also gives handlers the peer address
 //! (`ConnectInfo`), lets WebSocket upgrades through, and shuts down
 //! gracefully: no new connections, idle ones closed, busy ones finish.
 
@@ -37,16 +40,21 @@ pub async fn serve(
     let closing = CancellationToken::new();
     let mut shutdown = pin!(shutdown);
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::error!(error.message = %e, "accepting a connection failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            },
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
             _ = &mut shutdown => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            // One client's connection failed before we took it: nothing to wait for.
+            Err(e) if is_per_connection(&e) => continue,
+            Err(e) => {
+                tracing::error!(error.message = %e, "accepting a connection failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
+                    _ = &mut shutdown => break,
+                }
+            }
         };
         let _ = stream.set_nodelay(true);
         connections.spawn(connection(
@@ -62,6 +70,15 @@ pub async fn serve(
     connections.close();
     connections.wait().await;
     Ok(())
+}
+
+/// Errors that concern one incoming connection, not the listener.
+fn is_per_connection(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    )
 }
 
 /// One connection: requests in turn (keep-alive), an upgrade if asked, and

@@ -392,14 +392,17 @@ impl Session {
         let mut client = ClientSide::new(settings);
         loop {
             let silent_until = client.last_heard + settings.idle_timeout;
+            // The client's frames come before the idle check, so a pong that
+            // waited while the loop was busy still counts; the idle check and
+            // the ping come before events, so a busy room cannot starve them.
             let step = tokio::select! {
                 biased;
                 _ = signals.shutdown.cancelled() => Err(Ending::Shutdown),
                 _ = signals.kick.cancelled() => Err(Ending::SlowConsumer),
+                inbound = socket.recv() => self.on_inbound(socket, inbound, &mut client, signals).await,
                 _ = tokio::time::sleep_until(silent_until) => Err(Ending::Idle),
                 _ = ping.tick() => signals.send(socket, Message::Ping(Default::default())).await,
                 frame = rx.recv() => self.on_frame(socket, frame, &mut last_sent, signals).await,
-                inbound = socket.recv() => self.on_inbound(socket, inbound, &mut client, signals).await,
             };
             if let Err(ending) = step {
                 return ending;
@@ -479,7 +482,10 @@ impl Session {
         client.last_heard = tokio::time::Instant::now();
         if matches!(
             inbound,
-            Some(Ok(Message::Text(_) | Message::Binary(_) | Message::Ping(_)))
+            Some(Ok(Message::Text(_)
+                | Message::Binary(_)
+                | Message::Ping(_)
+                | Message::Pong(_)))
         ) {
             match client.admit() {
                 Admit::Yes => {}

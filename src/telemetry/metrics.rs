@@ -104,7 +104,7 @@ catalog! {
     FANOUT_RECONNECTS = "fanout_reconnects_total", Counter, [],
         "Times the pub/sub connection was re-established.";
     FANOUT_CATCHUPS = "fanout_catchups_total", Counter, ["cause"],
-        "Rooms that found events in the store the fanout had not brought: head_check (the periodic check) or join.";
+        "Rooms that read events from the store because the fanout had not brought them (lost, or still on the way): head_check or join.";
     AUDIT_FAILURES = "audit_write_failures_total", Counter, [],
         "Audit rows that could not be written.";
     HEALTH = "health_status", Gauge, ["component"],

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::pg::{server_addr, TestDb};
-use crate::common::redis::{base_url, TestPrefix};
 use crate::common::proxy::Proxy;
+use crate::common::redis::{base_url, TestPrefix};
 use crate::common::*;
 use collabd::adapters::postgres::migrate::{migrate, MigrateError, MIGRATIONS};
 use collabd::adapters::postgres::{pool, PoolSettings};

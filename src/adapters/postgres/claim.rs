@@ -61,9 +61,24 @@ pub async fn claim(
         Sharing::Alone => "SELECT pg_try_advisory_lock(hashtext('collabd.replicas.' || coalesce(current_schema(), '')))",
         Sharing::Cluster => "SELECT pg_try_advisory_lock_shared(hashtext('collabd.replicas.' || coalesce(current_schema(), '')))",
     };
+    // If this host vanishes without closing the connection, Postgres must
+    // notice within seconds, not its default two hours, or the lock would
+    // refuse every replacement meanwhile.
+    claim
+        .client
+        .batch_execute(
+            "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; \
+             SET tcp_keepalives_count = 3",
+        )
+        .await?;
     let started = Instant::now();
     loop {
-        let taken: bool = claim.client.query_one(sql, &[]).await?.try_get(0)?;
+        let asked =
+            tokio::time::timeout(settings.connect_timeout, claim.client.query_one(sql, &[]));
+        let taken: bool = asked
+            .await
+            .map_err(|_| Error::unavailable("postgres: claiming the database timed out"))??
+            .try_get(0)?;
         if taken {
             return Ok(claim);
         }

@@ -32,6 +32,9 @@ struct Envelope {
     event: Event,
     #[serde(default)]
     trace: HashMap<String, String>,
+    /// Published again long after its commit: its lag says nothing.
+    #[serde(default)]
+    again: bool,
 }
 
 /// Hands one received message to its room, inside a span linked to the
@@ -49,8 +52,10 @@ fn receive(envelope: Envelope, rooms: &dyn RoomSink, metrics: &Metrics) {
     );
     crate::telemetry::link(&span, &envelope.trace);
     let _entered = span.enter();
-    let lag = crate::collab::model::now() - event.ts;
-    metrics.fanout_lag(lag.as_seconds_f64());
+    if !envelope.again {
+        let lag = crate::collab::model::now() - event.ts;
+        metrics.fanout_lag(lag.as_seconds_f64());
+    }
     tracing::debug!(
         event_type = event.event_type().as_str(),
         "event received from fanout"
@@ -119,16 +124,16 @@ impl RedisFanout {
     fn channel(&self, draft_id: Uuid) -> String {
         channel(&self.prefix, draft_id)
     }
-}
 
-#[async_trait]
-impl Fanout for RedisFanout {
+    /// This replica's rooms at once, then every other replica's through the
+    /// draft's channel, with the trace context.
     #[tracing::instrument(name = "fanout publish", skip_all, fields(otel.kind = "producer", draft_id = %event.draft_id, seq = event.seq))]
-    async fn publish(&self, event: &Event) -> Result<(), Error> {
+    async fn send(&self, event: &Event, again: bool) -> Result<(), Error> {
         self.rooms.deliver(event.clone());
         let mut envelope = Envelope {
             event: event.clone(),
             trace: HashMap::new(),
+            again,
         };
         crate::telemetry::inject(&mut envelope.trace);
         let payload = serde_json::to_string(&envelope).map_err(Error::internal)?;
@@ -143,6 +148,17 @@ impl Fanout for RedisFanout {
         self.metrics.fanout_published(sent.is_ok());
         sent.map_err(redis_error)?;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl Fanout for RedisFanout {
+    async fn publish(&self, event: &Event) -> Result<(), Error> {
+        self.send(event, false).await
+    }
+
+    async fn publish_again(&self, event: &Event) -> Result<(), Error> {
+        self.send(event, true).await
     }
 
     async fn subscribe(&self, draft_id: Uuid) -> Result<(), Error> {
