@@ -10,6 +10,22 @@ use crate::common::redis::{base_url, server_addr as redis_addr, url_via as redis
 use crate::common::*;
 use serde_json::json;
 
+/// Three replicas checking their rooms' heads every `head_check` seconds;
+/// the third reaches Redis through a proxy the test can cut.
+async fn with_replica_2_behind_a_redis_proxy(head_check: &str) -> (Cluster, Proxy) {
+    let redis = Proxy::start(redis_addr()).await;
+    let settings = [
+        ("ROOM_HEAD_CHECK_SECONDS", head_check),
+        ("REDIS_TIMEOUT_MS", "300"),
+    ];
+    let mut cluster = Cluster::start(2, base_url(), &settings).await;
+    let replica = cluster
+        .spawn_replica_with(&[("REDIS_URL", redis_url_via(redis.addr))])
+        .await;
+    cluster.replicas.push(replica);
+    (cluster, redis)
+}
+
 /// The next frame that carries a seq, skipping any other.
 async fn next_seq(ws: &mut WsClient) -> u64 {
     loop {
@@ -71,21 +87,7 @@ async fn a_commit_whose_reply_was_lost_reaches_every_watcher_when_the_retry_repl
 
 #[tokio::test]
 async fn an_append_on_a_replica_cut_from_redis_reaches_every_watcher_though_the_draft_goes_quiet() {
-    let redis = Proxy::start(redis_addr()).await;
-    let mut cluster = Cluster::start(
-        2,
-        base_url(),
-        &[
-            ("ROOM_HEAD_CHECK_SECONDS", "1"),
-            ("REDIS_TIMEOUT_MS", "300"),
-        ],
-    )
-    .await;
-    let via_proxy = redis_url_via(redis.addr);
-    let replica = cluster
-        .spawn_replica_with(&[("REDIS_URL", via_proxy)])
-        .await;
-    cluster.replicas.push(replica);
+    let (cluster, redis) = with_replica_2_behind_a_redis_proxy("1").await;
     let draft = cluster.replica(0).create_draft("alice", "Cut").await;
     let mut watchers = Vec::new();
     for i in 0..3 {
@@ -121,20 +123,7 @@ async fn an_append_on_a_replica_cut_from_redis_reaches_every_watcher_though_the_
 #[tokio::test]
 async fn a_client_resuming_on_a_replica_whose_room_is_behind_gets_the_stores_head() {
     // No head check during the test: only the join can reveal the event.
-    let redis = Proxy::start(redis_addr()).await;
-    let mut cluster = Cluster::start(
-        2,
-        base_url(),
-        &[
-            ("ROOM_HEAD_CHECK_SECONDS", "300"),
-            ("REDIS_TIMEOUT_MS", "300"),
-        ],
-    )
-    .await;
-    let replica = cluster
-        .spawn_replica_with(&[("REDIS_URL", redis_url_via(redis.addr))])
-        .await;
-    cluster.replicas.push(replica);
+    let (cluster, redis) = with_replica_2_behind_a_redis_proxy("300").await;
     let draft = cluster.replica(0).create_draft("alice", "Rejoin").await;
     // Keeps replica 0's room alive, with its head cached at 0.
     let (mut staying, _) = cluster.replica(0).ws("alice", &draft, None).await;
