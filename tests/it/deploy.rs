@@ -426,6 +426,10 @@ impl Drop for Running {
             .arg("stop")
             .env("CLUSTER_DIR", &self.dir)
             .output();
+        // The replicas' and nginx's logs stay for a failed test to show.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
