@@ -599,34 +599,55 @@ const TRIM_INTERVAL: Duration = Duration::from_secs(10);
 /// head check and the memory trim. Stopped by the returned token.
 fn spawn_background(state: &AppState) -> CancellationToken {
     let stop = CancellationToken::new();
-    let every = Duration::from_secs(state.config.state_metrics_interval_seconds);
-    let (poller, token) = (state.clone(), stop.clone());
+    let config = &state.config;
+    let poller = state.clone();
+    every(
+        Duration::from_secs(config.state_metrics_interval_seconds),
+        &stop,
+        move || {
+            let poller = poller.clone();
+            async move { poller.refresh_stored_totals().await }
+        },
+    );
+    let metrics = state.metrics.clone();
+    every(UPKEEP_INTERVAL, &stop, move || {
+        metrics.run_upkeep();
+        std::future::ready(())
+    });
+    let hub = state.sessions.hub.clone();
+    every(
+        Duration::from_secs(config.room_head_check_seconds),
+        &stop,
+        move || {
+            let hub = hub.clone();
+            async move { hub.check_heads().await }
+        },
+    );
+    every(TRIM_INTERVAL, &stop, || {
+        telemetry::process::return_free_memory();
+        std::future::ready(())
+    });
+    stop
+}
+
+/// Runs `step` every `period` (a late tick waits, never bunches) until
+/// `stop` is cancelled.
+fn every<F, Fut>(period: Duration, stop: &CancellationToken, mut step: F)
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let stop = stop.clone();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
+        let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = token.cancelled() => return,
-                _ = tick.tick() => poller.refresh_stored_totals().await,
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => step().await,
             }
         }
     });
-    let (metrics, token) = (state.metrics.clone(), stop.clone());
-    tokio::spawn(async move { metrics.keep_up(UPKEEP_INTERVAL, token).await });
-    let (hub, token) = (state.sessions.hub.clone(), stop.clone());
-    let every = Duration::from_secs(state.config.room_head_check_seconds);
-    tokio::spawn(async move { hub.check_heads(every, token).await });
-    let token = stop.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(TRIM_INTERVAL);
-        loop {
-            tokio::select! {
-                _ = token.cancelled() => return,
-                _ = tick.tick() => telemetry::process::return_free_memory(),
-            }
-        }
-    });
-    stop
 }
 
 /// `collabd serve`: adapters, listeners, run until SIGTERM or Ctrl-C.

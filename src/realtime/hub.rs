@@ -186,22 +186,11 @@ impl Hub {
         head
     }
 
-    /// Every `every` until `stop`: the heads of all this replica's rooms from
-    /// the store, one query per 1,000 rooms, and a nudge to each room (which
-    /// catches up when it is behind). Bounds how long a missed event can
-    /// stay unseen when no later event reveals the gap.
-    pub async fn check_heads(&self, every: Duration, stop: CancellationToken) {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tick.tick() => self.check_heads_once().await,
-            }
-        }
-    }
-
-    async fn check_heads_once(&self) {
+    /// The heads of all this replica's rooms from the store, one query per
+    /// 1,000 rooms, and a nudge to each room (which catches up when it is
+    /// behind). Run every `ROOM_HEAD_CHECK_SECONDS`, it bounds how long a
+    /// missed event can stay unseen when no later event reveals the gap.
+    pub async fn check_heads(&self) {
         let drafts: Vec<Uuid> = self.registry.lock().keys().copied().collect();
         for chunk in drafts.chunks(MAX_PAGE_LIMIT as usize) {
             let heads = match self.store.heads(chunk).await {

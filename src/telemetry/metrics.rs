@@ -12,7 +12,6 @@ use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
-use tokio_util::sync::CancellationToken;
 
 /// What a metric is, for `docs/METRICS.md` and the HELP lines.
 pub struct MetricDef {
@@ -352,23 +351,9 @@ impl Metrics {
     /// Moves recorded histogram samples into their buckets. The exporter
     /// keeps every sample in memory until this runs (16 bytes each, one per
     /// delivery, request and query), so it must run on a timer
-    /// ([`Metrics::keep_up`]), not only when someone scrapes.
+    /// (`UPKEEP_INTERVAL`, driven by `app.rs`), not only when someone scrapes.
     pub fn run_upkeep(&self) {
         self.inner.handle.run_upkeep();
-    }
-
-    /// Runs upkeep every `every` until `stop` is cancelled. Bounds what
-    /// histograms hold to the samples of one interval, whether or not
-    /// anything scrapes `/metrics`.
-    pub async fn keep_up(&self, every: std::time::Duration, stop: CancellationToken) {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tick.tick() => self.run_upkeep(),
-            }
-        }
     }
 
     /// One HTTP request answered. `route` is the matched pattern or "unmatched".

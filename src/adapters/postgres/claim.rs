@@ -45,10 +45,7 @@ pub async fn claim(
     sharing: Sharing,
     wait: Duration,
 ) -> Result<Claim, Error> {
-    let config: tokio_postgres::Config = settings
-        .url
-        .parse()
-        .map_err(|e| Error::internal(format!("DATABASE_URL is not a valid Postgres URL: {e}")))?;
+    let config = super::connection_config(settings)?;
     let (client, connection) =
         tokio::time::timeout(settings.connect_timeout, config.connect(NoTls))
             .await
@@ -57,10 +54,13 @@ pub async fn claim(
         let _ = connection.await;
     });
     let claim = Claim { client, connection };
-    let sql = match sharing {
-        Sharing::Alone => "SELECT pg_try_advisory_lock(hashtext('collabd.replicas.' || coalesce(current_schema(), '')))",
-        Sharing::Cluster => "SELECT pg_try_advisory_lock_shared(hashtext('collabd.replicas.' || coalesce(current_schema(), '')))",
+    let lock = match sharing {
+        Sharing::Alone => "pg_try_advisory_lock",
+        Sharing::Cluster => "pg_try_advisory_lock_shared",
     };
+    // One key per database and schema, as the migrations' lock.
+    let sql =
+        format!("SELECT {lock}(hashtext('collabd.replicas.' || coalesce(current_schema(), '')))");
     // If this host vanishes without closing the connection, Postgres must
     // notice within seconds, not its default two hours, or the lock would
     // refuse every replacement meanwhile.
@@ -74,7 +74,7 @@ pub async fn claim(
     let started = Instant::now();
     loop {
         let asked =
-            tokio::time::timeout(settings.connect_timeout, claim.client.query_one(sql, &[]));
+            tokio::time::timeout(settings.connect_timeout, claim.client.query_one(&sql, &[]));
         let taken: bool = asked
             .await
             .map_err(|_| Error::unavailable("postgres: claiming the database timed out"))??

@@ -31,22 +31,8 @@ pub struct PoolSettings {
 /// Builds the pool. Connections are made lazily, so this succeeds even while
 /// Postgres is down; a lost connection is dropped on recycle and replaced.
 pub fn pool(settings: &PoolSettings) -> Result<Pool, Error> {
-    let mut config: tokio_postgres::Config = settings
-        .url
-        .parse()
-        .map_err(|e| Error::internal(format!("DATABASE_URL is not a valid Postgres URL: {e}")))?;
-    // TCP keepalives find a peer that vanished (a failover, a cut network)
-    // on an idle pooled connection within about a minute, instead of the
-    // kernel's two hours; the next query then gets a fresh connection.
-    config
-        .connect_timeout(settings.connect_timeout)
-        .keepalives(true)
-        .keepalives_idle(Duration::from_secs(30));
-    if config.get_application_name().is_none() {
-        config.application_name("collabd");
-    }
     let manager = Manager::from_config(
-        config,
+        connection_config(settings)?,
         NoTls,
         // Fast: a pooled connection is reused unless it is known closed. A
         // dead one fails its query with `unavailable` and is dropped; the
@@ -64,6 +50,26 @@ pub fn pool(settings: &PoolSettings) -> Result<Pool, Error> {
         .recycle_timeout(Some(settings.connect_timeout))
         .build()
         .map_err(Error::internal)
+}
+
+/// How every connection of this replica is made: the URL, the connect
+/// deadline, keepalives and the application name.
+pub(crate) fn connection_config(settings: &PoolSettings) -> Result<tokio_postgres::Config, Error> {
+    let mut config: tokio_postgres::Config = settings
+        .url
+        .parse()
+        .map_err(|e| Error::internal(format!("DATABASE_URL is not a valid Postgres URL: {e}")))?;
+    // TCP keepalives find a peer that vanished (a failover, a cut network)
+    // on an idle pooled connection within about a minute, instead of the
+    // kernel's two hours; the next query then gets a fresh connection.
+    config
+        .connect_timeout(settings.connect_timeout)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(30));
+    if config.get_application_name().is_none() {
+        config.application_name("collabd");
+    }
+    Ok(config)
 }
 
 /// Maps a database error to the contract: lost connections and transient
