@@ -9,6 +9,7 @@ mod common;
 
 mod api;
 mod binary;
+mod chaos;
 mod cluster;
 mod delivery;
 mod deploy;

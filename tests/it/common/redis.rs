@@ -94,9 +94,11 @@ impl Drop for TestPrefix {
 }
 
 /// A redis-server of the test's own, on a free port, stopped when dropped.
+/// It can be stopped and started again on the same port (with no data: it
+/// never saves), as a restart after a crash would look to its clients.
 pub struct PrivateRedis {
     pub addr: SocketAddr,
-    child: tokio::process::Child,
+    child: Option<tokio::process::Child>,
 }
 
 impl PrivateRedis {
@@ -105,10 +107,21 @@ impl PrivateRedis {
             let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             probe.local_addr().unwrap().port()
         };
+        let mut redis = PrivateRedis {
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            child: None,
+        };
+        redis.start_again().await;
+        redis
+    }
+
+    /// Starts the server (after `stop`) and waits until it accepts.
+    pub async fn start_again(&mut self) {
+        assert!(self.child.is_none(), "redis-server is already running");
         let child = tokio::process::Command::new("redis-server")
             .args([
                 "--port",
-                &port.to_string(),
+                &self.addr.port().to_string(),
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -121,9 +134,18 @@ impl PrivateRedis {
             .kill_on_drop(true)
             .spawn()
             .expect("redis-server is installed (scripts/test installs it)");
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        self.child = Some(child);
+        let addr = self.addr;
         super::eventually(|| async { tokio::net::TcpStream::connect(addr).await.is_ok() }).await;
-        PrivateRedis { addr, child }
+    }
+
+    /// Kills the server and waits until it is gone: every key and loaded
+    /// script goes with it.
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
     }
 
     pub fn url(&self) -> String {
@@ -133,6 +155,8 @@ impl PrivateRedis {
 
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
-        let _ = self.child.start_kill();
+        if let Some(child) = &mut self.child {
+            let _ = child.start_kill();
+        }
     }
 }
