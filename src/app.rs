@@ -35,6 +35,7 @@ use crate::collab::audit::Auditor;
 use crate::collab::service::{CollabCaps, CollabService};
 use crate::config::{self, Config, MigrateArgs};
 use crate::error::Error;
+use crate::http::body::BodyLimits;
 use crate::http::{server, Health, RequestContext};
 use crate::limits::http::{Policies, RateLimits};
 use crate::ports::{
@@ -519,6 +520,13 @@ pub fn public_router(state: AppState) -> Router {
             crate::limits::http::rate_limit,
         ))
         .layer(middleware::from_fn_with_state(
+            BodyLimits {
+                max_bytes: state.config.max_body_bytes,
+                timeout: Duration::from_secs(state.config.http_body_timeout_seconds),
+            },
+            crate::http::body::read_whole,
+        ))
+        .layer(middleware::from_fn_with_state(
             state.request_context.clone(),
             crate::http::request_context,
         ))
@@ -539,7 +547,10 @@ pub async fn run(
     let sockets = state.sockets.clone();
     let grace = state.config.shutdown_timeout();
     let delay = Duration::from_secs(state.config.shutdown_drain_delay_seconds);
-    let header_timeout = Duration::from_secs(state.config.http_header_timeout_seconds);
+    let timeouts = server::Timeouts {
+        header: Duration::from_secs(state.config.http_header_timeout_seconds),
+        keep_alive: Duration::from_secs(state.config.http_keepalive_timeout_seconds),
+    };
     let background = spawn_background(&state);
     if let Some(listener) = management {
         let app =
@@ -547,7 +558,7 @@ pub async fn run(
         let stop = drain.clone();
         tokio::spawn(async move {
             let stopped = async move { stop.cancelled().await };
-            if let Err(e) = server::serve(listener, app, header_timeout, stopped).await {
+            if let Err(e) = server::serve(listener, app, timeouts, stopped).await {
                 tracing::error!(error.message = %e, "management listener failed");
             }
         });
@@ -566,7 +577,7 @@ pub async fn run(
             tokio::time::sleep(delay).await;
         }
     };
-    let server = server::serve(public, app, header_timeout, signal);
+    let server = server::serve(public, app, timeouts, signal);
     let mut server = tokio::spawn(server);
     tokio::select! {
         _ = drain.cancelled() => {}

@@ -11,12 +11,27 @@ use serde::{Deserialize, Serialize};
 use crate::collab::input::UserId;
 use crate::error::Error;
 
+/// The claims read and written. Only `sub` and `exp` are required; `nbf`,
+/// when present, is enforced; `iat` is informational.
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
+    // Defaults only so that a missing one is reported by the validation
+    // (as a missing claim) rather than as a malformed token.
+    #[serde(default)]
     sub: String,
+    #[serde(default)]
     exp: u64,
-    iat: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iat: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nbf: Option<u64>,
 }
+
+/// Seconds of clock skew tolerated between a token's issuer and this
+/// replica, on `exp` and `nbf` alike: a token minted on a host a little
+/// ahead is neither refused as not yet valid nor kept past its expiry by
+/// more than this.
+pub const LEEWAY_SECONDS: u64 = 5;
 
 /// Signs and verifies tokens with one shared secret.
 #[derive(Clone)]
@@ -35,10 +50,8 @@ impl Authenticator {
     pub fn new(secret: &str) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "sub"]);
-        // Seconds of clock skew tolerated between the token's issuer and
-        // this replica, so a token minted on a host a little ahead is not
-        // refused as expired (or not yet valid) at once.
-        validation.leeway = 5;
+        validation.validate_nbf = true;
+        validation.leeway = LEEWAY_SECONDS;
         Authenticator {
             keys: Arc::new((
                 EncodingKey::from_secret(secret.as_bytes()),
@@ -54,7 +67,8 @@ impl Authenticator {
         let now = unix_now();
         let claims = Claims {
             sub: user_id.into(),
-            iat: now,
+            iat: Some(now),
+            nbf: None,
             exp: now.saturating_add(ttl.as_secs()),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.keys.0)
@@ -68,6 +82,9 @@ impl Authenticator {
                 match e.kind() {
                     jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
                         Error::Unauthorized("token expired")
+                    }
+                    jsonwebtoken::errors::ErrorKind::ImmatureSignature => {
+                        Error::Unauthorized("token is not valid yet (nbf)")
                     }
                     jsonwebtoken::errors::ErrorKind::InvalidSignature => {
                         Error::Unauthorized("token signature is invalid")
@@ -136,7 +153,8 @@ mod tests {
         let auth = Authenticator::new("secret");
         let claims = Claims {
             sub: "alice".into(),
-            iat: 1,
+            iat: Some(1),
+            nbf: None,
             exp: 2,
         };
         let old = jsonwebtoken::encode(&Header::default(), &claims, &auth.keys.0).unwrap();
@@ -152,10 +170,54 @@ mod tests {
         let auth = Authenticator::new("secret");
         let claims = Claims {
             sub: "bad user".into(),
-            iat: unix_now(),
+            iat: Some(unix_now()),
+            nbf: None,
             exp: unix_now() + 60,
         };
         let token = jsonwebtoken::encode(&Header::default(), &claims, &auth.keys.0).unwrap();
         assert!(auth.verify(&token).is_err());
+    }
+
+    /// A token with exactly these claims, signed with `auth`'s secret.
+    fn signed(auth: &Authenticator, claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(&Header::default(), &claims, &auth.keys.0).unwrap()
+    }
+
+    #[test]
+    fn only_sub_and_exp_are_required() {
+        let auth = Authenticator::new("secret");
+        let minimal = signed(
+            &auth,
+            serde_json::json!({ "sub": "alice", "exp": unix_now() + 60 }),
+        );
+        assert_eq!(auth.verify(&minimal).unwrap().as_str(), "alice");
+        let no_exp = signed(&auth, serde_json::json!({ "sub": "alice" }));
+        assert!(matches!(
+            auth.verify(&no_exp),
+            Err(Error::Unauthorized(
+                "token lacks a required claim (sub, exp)"
+            ))
+        ));
+    }
+
+    #[test]
+    fn a_token_not_valid_before_a_time_to_come_is_refused_beyond_the_leeway() {
+        let auth = Authenticator::new("secret");
+        let token_from = |nbf: u64| {
+            signed(
+                &auth,
+                serde_json::json!({ "sub": "alice", "exp": nbf + 3600, "nbf": nbf }),
+            )
+        };
+        assert!(matches!(
+            auth.verify(&token_from(unix_now() + 3600)),
+            Err(Error::Unauthorized("token is not valid yet (nbf)"))
+        ));
+        assert!(auth.verify(&token_from(unix_now() + 60)).is_err());
+        // Within the leeway, and already valid: accepted.
+        assert!(auth
+            .verify(&token_from(unix_now() + LEEWAY_SECONDS - 2))
+            .is_ok());
+        assert!(auth.verify(&token_from(unix_now() - 60)).is_ok());
     }
 }

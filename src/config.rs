@@ -212,10 +212,17 @@ pub struct Config {
     #[arg(long, env = "AUTH_JWT_SECRET", default_value = DEV_JWT_SECRET, hide_env_values = true, hide_default_value = true)]
     pub auth_jwt_secret: String,
     /// A client must send a request's whole head (line and headers) within
-    /// this long, or its connection is closed; also the longest an idle
-    /// keep-alive connection is kept (keep it above the load balancer's).
-    #[arg(long, env = "HTTP_HEADER_TIMEOUT_SECONDS", default_value_t = 75, value_parser = clap::value_parser!(u64).range(1..=600))]
+    /// this long of its first byte, or its connection is closed.
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
     pub http_header_timeout_seconds: u64,
+    /// The longest an idle keep-alive connection is kept between requests;
+    /// keep it above the load balancer's upstream idle timeout.
+    #[arg(long, env = "HTTP_KEEPALIVE_TIMEOUT_SECONDS", default_value_t = 75, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub http_keepalive_timeout_seconds: u64,
+    /// A request's whole body must arrive within this long of its head
+    /// (slower: 408 request_timeout).
+    #[arg(long, env = "HTTP_BODY_TIMEOUT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub http_body_timeout_seconds: u64,
     /// Largest accepted request body in bytes (larger: 413 payload_too_large).
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,

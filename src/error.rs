@@ -31,6 +31,9 @@ pub enum Error {
     /// 409 `limit_exceeded`: a hard cap was reached.
     #[error("{0}")]
     LimitExceeded(String),
+    /// 408 `request_timeout`: the body did not arrive in time.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// 413 `payload_too_large`: the body is over the limit.
     #[error("{0}")]
     PayloadTooLarge(String),
@@ -68,6 +71,7 @@ impl Error {
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Error::RingRequired | Error::LimitExceeded(_) => StatusCode::CONFLICT,
+            Error::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -84,6 +88,7 @@ impl Error {
             Error::MethodNotAllowed => "method_not_allowed",
             Error::RingRequired => "ring_required",
             Error::LimitExceeded(_) => "limit_exceeded",
+            Error::RequestTimeout(_) => "request_timeout",
             Error::PayloadTooLarge(_) => "payload_too_large",
             Error::RateLimited(_) => "rate_limited",
             Error::Unavailable(_) => "unavailable",

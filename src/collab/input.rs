@@ -96,7 +96,9 @@ impl DraftTitle {
     }
 }
 
-/// Segment content: 1-10,000 characters, kept exactly as sent.
+/// Segment content: 1-10,000 characters, kept exactly as sent, any
+/// character but NUL (U+0000), which no Postgres text column can hold: it
+/// is refused in both modes alike, so a client never sees them differ.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SegmentContent(String);
 
@@ -109,6 +111,11 @@ impl SegmentContent {
             return Err(Error::Validation(format!(
                 "content must be at most {MAX_CONTENT_CHARS} characters"
             )));
+        }
+        if value.contains('\0') {
+            return Err(Error::Validation(
+                "content must not contain the NUL character (U+0000)".into(),
+            ));
         }
         Ok(SegmentContent(value))
     }
@@ -206,6 +213,13 @@ mod tests {
         assert!(SegmentContent::parse(String::new()).is_err());
         assert!(SegmentContent::parse("ü".repeat(MAX_CONTENT_CHARS)).is_ok());
         assert!(SegmentContent::parse("ü".repeat(MAX_CONTENT_CHARS + 1)).is_err());
+    }
+
+    #[test]
+    fn content_keeps_every_character_but_nul() {
+        let text = "tab\tnewline\n\u{1}bell\u{7}\u{10FFFF}";
+        assert_eq!(SegmentContent::parse(text.into()).unwrap().as_str(), text);
+        assert!(SegmentContent::parse("a\u{0}b".into()).is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! Features bring their own routes (`collab::http::router`,
 //! `realtime::ws::router`); `app.rs` puts them behind this middleware.
 
+pub mod body;
 pub mod extract;
 pub mod management;
 pub mod request;

@@ -13,6 +13,7 @@ mod chaos;
 mod cluster;
 mod delivery;
 mod deploy;
+mod edges;
 mod gcra_lua;
 mod layers;
 mod metrics;
