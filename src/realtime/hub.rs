@@ -14,7 +14,8 @@
 //! A room never trusts the fanout alone to reveal what it missed: a gap is
 //! seen only when a later event arrives, and a draft that goes quiet right
 //! after a fault has none. So a joining socket always gets the store's head
-//! (the room catches up first), and every `ROOM_HEAD_CHECK_SECONDS` the hub
+//! (the room catches up first; joins that queue meanwhile share the next
+//! read, so a reconnect storm costs a room a query or two), and every `ROOM_HEAD_CHECK_SECONDS` the hub
 //! asks the store for the heads of all its rooms in one query and wakes any
 //! room that is behind.
 
@@ -288,6 +289,14 @@ impl Room {
             };
             match msg {
                 None | Some(RoomMsg::Stop) => break,
+                Some(RoomMsg::Join { member, reply }) => {
+                    let after = self.admit_queued_joins(member, reply, &mut rx).await;
+                    match after {
+                        None => {}
+                        Some(RoomMsg::Stop) => break,
+                        Some(msg) => self.handle(msg).await,
+                    }
+                }
                 Some(msg) => self.handle(msg).await,
             }
             if self.lagged.swap(false, Ordering::AcqRel) {
@@ -305,13 +314,7 @@ impl Room {
                 self.hold(event);
                 self.advance().await;
             }
-            RoomMsg::Join { member, reply } => {
-                let head = self.head_for_join().await;
-                if head.is_ok() {
-                    self.members.insert(member.connection_id, member);
-                }
-                let _ = reply.send(head);
-            }
+            RoomMsg::Join { member, reply } => self.admit(vec![(member, reply)]).await,
             RoomMsg::Leave(id) => {
                 self.members.remove(&id);
             }
@@ -326,6 +329,46 @@ impl Room {
                 }
             }
             RoomMsg::Stop => {}
+        }
+    }
+
+    /// Admits this join and every other one already queued behind it on
+    /// one read of the store (a reconnect storm costs one query, not one
+    /// per socket). Returns the first other message taken off the queue,
+    /// for the caller to handle next.
+    async fn admit_queued_joins(
+        &mut self,
+        member: Member,
+        reply: oneshot::Sender<Result<u64, Error>>,
+        rx: &mut mpsc::Receiver<RoomMsg>,
+    ) -> Option<RoomMsg> {
+        let mut joins = vec![(member, reply)];
+        let mut after = None;
+        while let Ok(msg) = rx.try_recv() {
+            match msg {
+                RoomMsg::Join { member, reply } => joins.push((member, reply)),
+                other => {
+                    after = Some(other);
+                    break;
+                }
+            }
+        }
+        self.admit(joins).await;
+        after
+    }
+
+    /// Members in at the store's head, or each told why not.
+    async fn admit(&mut self, joins: Vec<(Member, oneshot::Sender<Result<u64, Error>>)>) {
+        let head = self.head_for_join().await;
+        for (member, reply) in joins {
+            let answer = match &head {
+                Ok(head) => {
+                    self.members.insert(member.connection_id, member);
+                    Ok(*head)
+                }
+                Err(e) => Err(Error::unavailable(e)),
+            };
+            let _ = reply.send(answer);
         }
     }
 

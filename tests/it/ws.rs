@@ -2,12 +2,21 @@
 //! delivery, `since` replay, ping, caps, size and message rules, origins,
 //! slow consumers and shutdown.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 
 use crate::common::*;
+use async_trait::async_trait;
+use collabd::adapters::memory::{MemoryAudit, MemoryStore};
+use collabd::app::Backends;
+use collabd::collab::input::{IdempotencyKey, UserId};
+use collabd::collab::model::{Draft, Event, Outcome, Segment};
+use collabd::error::Result;
+use collabd::ports::{Decide, Page, Store, StoreCounts};
 use futures_util::StreamExt;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use uuid::Uuid;
 
 async fn the_ready_frame_names_the_connection_and_head(kind: Kind) {
     let app = spawn_app(kind).await;
@@ -500,4 +509,125 @@ async fn a_flooding_socket_is_refused_while_others_keep_being_served() {
     assert_eq!(calm.next_seqs(1).await, [1]);
     calm.send_text(r#"{"type":"ping"}"#).await;
     assert_eq!(calm.next_json().await["type"], "pong");
+}
+
+/// A memory store whose event reads can be held at a gate, counting them.
+struct GatedStore {
+    inner: MemoryStore,
+    closed: AtomicBool,
+    opened: tokio::sync::Notify,
+    /// Every event read so far.
+    reads: AtomicUsize,
+    /// Event reads waiting at the gate now.
+    held: AtomicUsize,
+}
+
+impl GatedStore {
+    fn close(&self) {
+        self.closed.store(true, SeqCst);
+    }
+
+    fn open(&self) {
+        self.closed.store(false, SeqCst);
+        self.opened.notify_waiters();
+    }
+
+    fn reads(&self) -> usize {
+        self.reads.load(SeqCst)
+    }
+
+    fn held(&self) -> usize {
+        self.held.load(SeqCst)
+    }
+}
+
+#[async_trait]
+impl Store for GatedStore {
+    async fn create_draft(&self, d: &Draft) -> Result<()> {
+        self.inner.create_draft(d).await
+    }
+    async fn get_draft(&self, id: Uuid) -> Result<Option<Draft>> {
+        self.inner.get_draft(id).await
+    }
+    async fn drafts_for_user(&self, user: &UserId) -> Result<Vec<Draft>> {
+        self.inner.drafts_for_user(user).await
+    }
+    async fn segments(&self, id: Uuid, page: Page) -> Result<Vec<Segment>> {
+        self.inner.segments(id, page).await
+    }
+    async fn events(&self, id: Uuid, page: Page) -> Result<Vec<Event>> {
+        self.reads.fetch_add(1, SeqCst);
+        if self.closed.load(SeqCst) {
+            let opened = self.opened.notified();
+            self.held.fetch_add(1, SeqCst);
+            if self.closed.load(SeqCst) {
+                opened.await;
+            }
+            self.held.fetch_sub(1, SeqCst);
+        }
+        self.inner.events(id, page).await
+    }
+    async fn heads(&self, ids: &[Uuid]) -> Result<Vec<(Uuid, u64)>> {
+        self.inner.heads(ids).await
+    }
+    async fn mutate(
+        &self,
+        id: Uuid,
+        key: Option<&IdempotencyKey>,
+        request_id: &str,
+        decide: Decide<'_>,
+    ) -> Result<Outcome> {
+        self.inner.mutate(id, key, request_id, decide).await
+    }
+    async fn ping(&self) -> Result<()> {
+        self.inner.ping().await
+    }
+    async fn counts(&self) -> Result<StoreCounts> {
+        self.inner.counts().await
+    }
+}
+
+/// Sockets that join a room while it is busy reading the store join
+/// together, on one more read: a reconnect storm costs a query or two per
+/// room, not one per socket.
+#[tokio::test]
+async fn joins_queued_behind_a_store_read_are_admitted_on_one_read() {
+    let store = Arc::new(GatedStore {
+        inner: MemoryStore::new(),
+        closed: Default::default(),
+        opened: Default::default(),
+        reads: Default::default(),
+        held: Default::default(),
+    });
+    let audit = Arc::new(MemoryAudit::new());
+    let mut backends = Backends::memory(audit.clone());
+    backends.store = store.clone();
+    let app = spawn_with_backends(|_| {}, backends, audit).await;
+    let id = app.create_draft("alice", "Storm").await;
+    assert_eq!(app.append("alice", &id, "one").await.status, 201);
+    let (_first, _) = app.ws("alice", &id, None).await;
+
+    store.close();
+    let before = store.reads();
+    let joining: Vec<_> = (0..10)
+        .map(|_| {
+            let (api, id) = (app.api.clone(), id.clone());
+            tokio::spawn(async move { api.ws("alice", &id, None).await })
+        })
+        .collect();
+    // Every socket has opened, and a join is held in its read: any join not
+    // taken with it waits in the room's queue.
+    eventually(|| async {
+        store.held() == 1 && app.scrape().await.contains("\nws_connections_total 11\n")
+    })
+    .await;
+    store.open();
+    for socket in joining {
+        let (_ws, ready) = socket.await.unwrap();
+        assert_eq!(ready["seq"], 1);
+    }
+    // The held read, and at most one for the joins queued behind it (one
+    // read per join would be ten).
+    let reads = store.reads() - before;
+    assert!(reads <= 2, "{reads} reads for 10 joins");
 }
