@@ -514,17 +514,19 @@ pub fn public_router(state: AppState) -> Router {
         .merge(crate::http::probes::<AppState, AppState>())
         .fallback(crate::http::not_found)
         .method_not_allowed_fallback(crate::http::method_not_allowed)
+        // A backstop only: read_whole has refused larger bodies already.
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
-        .layer(middleware::from_fn_with_state(
-            state.rate_limits.clone(),
-            crate::limits::http::rate_limit,
-        ))
+        // Inside the rate limit: a throttled client's body is never read.
         .layer(middleware::from_fn_with_state(
             BodyLimits {
                 max_bytes: state.config.max_body_bytes,
                 timeout: Duration::from_secs(state.config.http_body_timeout_seconds),
             },
             crate::http::body::read_whole,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.rate_limits.clone(),
+            crate::limits::http::rate_limit,
         ))
         .layer(middleware::from_fn_with_state(
             state.request_context.clone(),

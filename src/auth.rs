@@ -21,7 +21,8 @@ struct Claims {
     sub: String,
     #[serde(default)]
     exp: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    // Written when minting, never read: some issuers send a fraction.
+    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
     iat: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     nbf: Option<u64>,
@@ -191,6 +192,11 @@ mod tests {
             serde_json::json!({ "sub": "alice", "exp": unix_now() + 60 }),
         );
         assert_eq!(auth.verify(&minimal).unwrap().as_str(), "alice");
+        let fractional_iat = signed(
+            &auth,
+            serde_json::json!({ "sub": "alice", "exp": unix_now() + 60, "iat": 1.5 }),
+        );
+        assert!(auth.verify(&fractional_iat).is_ok());
         let no_exp = signed(&auth, serde_json::json!({ "sub": "alice" }));
         assert!(matches!(
             auth.verify(&no_exp),

@@ -212,7 +212,8 @@ pub struct Config {
     #[arg(long, env = "AUTH_JWT_SECRET", default_value = DEV_JWT_SECRET, hide_env_values = true, hide_default_value = true)]
     pub auth_jwt_secret: String,
     /// A client must send a request's whole head (line and headers) within
-    /// this long of its first byte, or its connection is closed.
+    /// this long of its first byte (of connecting, for the first request),
+    /// or its connection is closed.
     #[arg(long, env = "HTTP_HEADER_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
     pub http_header_timeout_seconds: u64,
     /// The longest an idle keep-alive connection is kept between requests;

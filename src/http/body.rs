@@ -55,7 +55,9 @@ async fn buffered(req: Request, limits: BodyLimits) -> Result<Request, Error> {
             limits.timeout.as_secs()
         ))),
         Ok(Err(e)) if e.is::<LengthLimitError>() => Err(too_large()),
-        Ok(Err(_)) => Err(Error::Validation("request body was cut short".into())),
+        Ok(Err(_)) => Err(Error::Validation(
+            "request body is malformed or incomplete".into(),
+        )),
         Ok(Ok(collected)) => Ok(Request::from_parts(parts, Body::from(collected.to_bytes()))),
     }
 }

@@ -1,10 +1,11 @@
 //! The HTTP/1 server loop: a router on hyper connections, with what
 //! `axum::serve` lacks, a clock on each connection's request cycle:
 //!
-//! - **head**: from the first byte of a request head to its last, at most
-//!   `HTTP_HEADER_TIMEOUT_SECONDS` (a client that trickles its head cannot
+//! - **head**: from the first byte of a request head (or the opening of the
+//!   connection) to its last, at most `HTTP_HEADER_TIMEOUT_SECONDS` (a
+//!   client that trickles its head, or connects and says nothing, cannot
 //!   hold a connection, and a file descriptor, for long);
-//! - **idle**: between a response and the first byte of the next request,
+//! - **idle**: between a response sent whole and the first byte of the next request,
 //!   at most `HTTP_KEEPALIVE_TIMEOUT_SECONDS` (keep it above the load
 //!   balancer's upstream idle timeout, or it may reuse a connection the
 //!   server has just closed).
@@ -14,7 +15,8 @@
 //! different needs). The body has its own limit, in `http::body`. The loop
 //! also gives handlers the peer address (`ConnectInfo`), lets WebSocket
 //! upgrades through (the clock stops at the upgrade), and shuts down
-//! gracefully: no new connections, idle ones closed, busy ones finish.
+//! gracefully: no new connections, idle ones closed, busy ones finish
+//! (`app::run` bounds the wait), slow ones still cut by the clock.
 
 use std::future::Future;
 use std::io;
@@ -24,11 +26,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::ConnectInfo;
 use axum::http::Request;
 use axum::Router;
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -106,7 +108,7 @@ fn is_per_connection(e: &std::io::Error) -> bool {
 
 /// One connection: requests in turn (keep-alive), an upgrade if asked, and
 /// a graceful end when the server closes. The clock closes it when a head
-/// or an idle spell runs over.
+/// or an idle spell runs over, draining or not.
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
@@ -114,7 +116,8 @@ async fn connection(
     timeouts: Timeouts,
     closing: CancellationToken,
 ) {
-    let (cycle, watched) = watch::channel(Cycle::idle());
+    // A fresh connection owes its first request head at once.
+    let (cycle, clock) = watch::channel(Cycle::now(Phase::Head));
     let cycle = Arc::new(cycle);
     let io = Watched {
         inner: stream,
@@ -128,23 +131,59 @@ async fn connection(
         async move {
             // A router never fails: its errors are responses.
             let response = app.call(req.map(Body::new)).await;
-            cycle.send_replace(Cycle::idle());
-            response
+            response.map(|response| response.map(|body| Body::new(Sending { body, cycle })))
         }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     let mut conn = pin!(conn);
-    tokio::select! {
+    let mut clock = pin!(overrun(clock, timeouts));
+    let overran = tokio::select! {
         _ = conn.as_mut() => return,
-        overrun = overrun(watched, timeouts) => {
-            tracing::debug!(phase = overrun.as_str(), "connection closed: too slow");
-            return;
+        phase = clock.as_mut() => phase,
+        _ = closing.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                phase = clock.as_mut() => phase,
+            }
         }
-        _ = closing.cancelled() => conn.as_mut().graceful_shutdown(),
+    };
+    tracing::debug!(phase = overran.as_str(), "connection closed: too slow");
+}
+
+/// A response body on its way out: when hyper has sent it whole (or given
+/// up on it) and drops it, the connection is idle again.
+struct Sending {
+    body: Body,
+    cycle: Arc<watch::Sender<Cycle>>,
+}
+
+impl HttpBody for Sending {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
     }
-    let _ = conn.await;
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        self.cycle.send_replace(Cycle::idle());
+    }
 }
 
 /// Where a connection is in its request cycle, and since when.
@@ -230,7 +269,9 @@ impl AsyncRead for Watched {
         let this = self.get_mut();
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+        // Once upgraded, nobody keeps time: skip the lock.
+        let timed = this.cycle.receiver_count() > 0;
+        if timed && matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             this.cycle.send_if_modified(|cycle| {
                 let starts_a_head = cycle.phase == Phase::Idle;
                 if starts_a_head {

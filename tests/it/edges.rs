@@ -197,7 +197,26 @@ async fn a_body_that_trickles_is_refused_after_the_body_timeout(kind: Kind) {
     let reply = raw_reply(&mut slow).await;
     assert_eq!(reply.status, 408, "{}", reply.head);
     assert_eq!(reply.body["error"]["code"], "request_timeout");
+    assert!(reply.head.contains("x-request-id: "), "{}", reply.head);
     assert_eq!(drafts_of(&app, "alice").await, json!([]));
+}
+
+/// The head timeout does not reach into the body: a body slower than it,
+/// within the body timeout, is served.
+async fn a_body_slower_than_the_head_timeout_is_still_served(kind: Kind) {
+    let app = spawn_with(kind, |c| {
+        c.http_header_timeout_seconds = 1;
+        c.http_body_timeout_seconds = 10;
+    })
+    .await;
+    let body = r#"{"title":"Late"}"#;
+    let mut slow = send_raw(&app, &post_head(&app, "/v1/collab/drafts", body.len() as u64)).await;
+    // Longer than the head timeout, as the scenario: not a synchronisation.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    slow.write_all(body.as_bytes()).await.unwrap();
+    let reply = raw_reply(&mut slow).await;
+    assert_eq!(reply.status, 201, "{}", reply.head);
+    assert_eq!(drafts_of(&app, "alice").await.as_array().unwrap().len(), 1);
 }
 
 async fn slow_heads_are_cut_off_while_others_are_served(kind: Kind) {
@@ -212,12 +231,29 @@ async fn slow_heads_are_cut_off_while_others_are_served(kind: Kind) {
     let id = app.create_draft("alice", "Served").await;
     assert_eq!(app.append("alice", &id, "still").await.status, 201);
     // And each slow one is closed (`within` fails the test if it stays
-    // open), never answered.
+    // open), never answered; so is one that connected and said nothing.
+    slow.push(TcpStream::connect(app.addr).await.unwrap());
     for stream in &mut slow {
         let mut rest = Vec::new();
         let _closed_or_reset = within(stream.read_to_end(&mut rest)).await;
         assert!(!String::from_utf8_lossy(&rest).contains("200 OK"));
     }
+}
+
+/// The connection clock stops at an upgrade: a socket outlives both the
+/// head and the keep-alive timeouts and still gets its events.
+async fn websockets_outlive_the_http_timeouts(kind: Kind) {
+    let app = spawn_with(kind, |c| {
+        c.http_header_timeout_seconds = 1;
+        c.http_keepalive_timeout_seconds = 1;
+    })
+    .await;
+    let id = app.create_draft("alice", "Long lived").await;
+    let (mut ws, _) = app.ws("alice", &id, None).await;
+    // Past both timeouts, as the scenario.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(app.append("alice", &id, "later").await.status, 201);
+    assert_eq!(ws.next_seqs(1).await, [1]);
 }
 
 /// An idle keep-alive connection outlives the header timeout (which counts
@@ -226,7 +262,7 @@ async fn idle_connections_are_kept_for_the_keep_alive_timeout_only(kind: Kind) {
     let header = Duration::from_secs(1);
     let app = spawn_with(kind, |c| {
         c.http_header_timeout_seconds = 1;
-        c.http_keepalive_timeout_seconds = 3;
+        c.http_keepalive_timeout_seconds = 6;
     })
     .await;
     let request = "GET /healthz HTTP/1.1\r\nHost: collabd\r\n\r\n";
@@ -248,6 +284,8 @@ conformance!(
     tokens_need_only_sub_and_exp_and_honour_nbf,
     a_declared_length_over_the_limit_is_refused_at_once,
     a_body_that_trickles_is_refused_after_the_body_timeout,
+    a_body_slower_than_the_head_timeout_is_still_served,
+    websockets_outlive_the_http_timeouts,
     slow_heads_are_cut_off_while_others_are_served,
     idle_connections_are_kept_for_the_keep_alive_timeout_only,
 );
