@@ -210,7 +210,11 @@ async fn a_body_slower_than_the_head_timeout_is_still_served(kind: Kind) {
     })
     .await;
     let body = r#"{"title":"Late"}"#;
-    let mut slow = send_raw(&app, &post_head(&app, "/v1/collab/drafts", body.len() as u64)).await;
+    let mut slow = send_raw(
+        &app,
+        &post_head(&app, "/v1/collab/drafts", body.len() as u64),
+    )
+    .await;
     // Longer than the head timeout, as the scenario: not a synchronisation.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     slow.write_all(body.as_bytes()).await.unwrap();

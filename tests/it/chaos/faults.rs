@@ -14,6 +14,7 @@ use crate::common::{eventually, Api};
 use fred::interfaces::LuaInterface;
 
 pub const REPLICAS: usize = 3;
+const REDIS_HEALTH: &str = "health_status{component=\"redis\"}";
 /// How long the load balancer keeps sending clients to a replica that died
 /// or froze.
 const HEALTH_CHECK_LAG: std::time::Duration = std::time::Duration::from_millis(500);
@@ -83,18 +84,23 @@ impl Fault {
         }
     }
 
-    /// Promise 6: with only Redis in trouble, every request is still served.
-    pub fn spares_postgres(self) -> bool {
-        matches!(
-            self,
-            Fault::RedisRestart | Fault::RedisCut(_) | Fault::ScriptFlush
-        )
+    /// Whether the fault may make replica `slot` refuse a request or a join
+    /// with `unavailable`: it is cut from Postgres, lost a reply, or froze.
+    /// With only Redis in trouble, nothing excuses a refusal.
+    pub fn excuses(self, slot: usize) -> bool {
+        match self {
+            Fault::PostgresCut => true,
+            Fault::Kill(i) | Fault::Pause(i) | Fault::PostgresCutOne(i) | Fault::LostReply(i) => {
+                slot == i
+            }
+            Fault::RedisRestart | Fault::RedisCut(_) | Fault::ScriptFlush => false,
+        }
     }
 
-    /// Whether a client may see its connection fail or time out: only when
-    /// the replica itself is gone or frozen.
-    pub fn stops_a_replica(self) -> bool {
-        matches!(self, Fault::Kill(_) | Fault::Pause(_))
+    /// Whether the fault stops replica `slot` itself, so that its clients
+    /// may get no answer and lose their sockets.
+    pub fn stops(self, slot: usize) -> bool {
+        matches!(self, Fault::Kill(i) | Fault::Pause(i) if i == slot)
     }
 }
 
@@ -120,10 +126,18 @@ impl fmt::Display for Fault {
 pub struct Routes(Arc<RwLock<Vec<Option<Api>>>>);
 
 impl Routes {
-    pub fn pick(&self, rng: &mut fastrand::Rng) -> Option<Api> {
+    /// A replica for the next request: its slot and its address.
+    pub fn pick(&self, rng: &mut fastrand::Rng) -> Option<(usize, Api)> {
         let routes = self.0.read().unwrap();
-        let live: Vec<&Api> = routes.iter().flatten().collect();
-        (!live.is_empty()).then(|| live[rng.usize(0..live.len())].clone())
+        let live: Vec<(usize, &Api)> = routes
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, api)| Some((slot, api.as_ref()?)))
+            .collect();
+        (!live.is_empty()).then(|| {
+            let (slot, api) = live[rng.usize(0..live.len())];
+            (slot, api.clone())
+        })
     }
 
     fn set(&self, slot: usize, api: Option<Api>) {
@@ -139,6 +153,8 @@ struct Slot {
     replica: Option<Replica>,
     postgres: Proxy,
     redis: Proxy,
+    /// The load balancer's pending removal of this replica.
+    unroute: Option<tokio::task::JoinHandle<()>>,
 }
 
 pub struct Topology {
@@ -166,6 +182,7 @@ impl Topology {
                 replica: None,
                 postgres,
                 redis,
+                unroute: None,
             });
             topology.spawn(slot).await;
         }
@@ -173,6 +190,9 @@ impl Topology {
     }
 
     async fn spawn(&mut self, slot: usize) {
+        if let Some(pending) = self.slots[slot].unroute.take() {
+            pending.abort();
+        }
         let (postgres, redis) = (self.slots[slot].postgres.addr, self.slots[slot].redis.addr);
         let replica = self
             .cluster
@@ -230,6 +250,9 @@ impl Topology {
             Fault::Kill(i) => self.spawn(i).await,
             Fault::Pause(i) => {
                 self.replica(i).resume();
+                if let Some(pending) = self.slots[i].unroute.take() {
+                    pending.abort();
+                }
                 self.routes.set(i, Some(self.replica(i).api.clone()));
             }
             Fault::RedisRestart => self.redis.start_again().await,
@@ -246,12 +269,20 @@ impl Topology {
 
     /// The load balancer notices a replica is gone one health check
     /// later; until then, clients are still sent to it.
-    fn unroute_later(&self, slot: usize) {
+    fn unroute_later(&mut self, slot: usize) {
         let routes = self.routes.clone();
-        tokio::spawn(async move {
+        self.slots[slot].unroute = Some(tokio::spawn(async move {
             tokio::time::sleep(HEALTH_CHECK_LAG).await;
             routes.set(slot, None);
-        });
+        }));
+    }
+
+    /// Waits until every replica reaches Redis again (its reconnect backs
+    /// off up to 5 s), so that one round's fault is not charged to the next.
+    pub async fn settle(&self) {
+        for replica in self.replicas() {
+            eventually(|| async { replica.metric(REDIS_HEALTH).await == 1.0 }).await;
+        }
     }
 
     fn replica(&self, slot: usize) -> &Replica {

@@ -2,7 +2,7 @@
 //! log (read straight from Postgres, past every proxy), each writer's
 //! answers, each watcher's events.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use super::clients::Seen;
@@ -21,12 +21,16 @@ pub struct Ack {
     /// Answered 200: a retry found its key already committed.
     pub replayed: bool,
     pub attempts: u32,
+    /// The fault in force when it was answered.
+    pub under: Option<Fault>,
 }
 
 /// How one attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Answer {
-    Ok,
+    Ok {
+        replayed: bool,
+    },
     Refused {
         status: u16,
         code: String,
@@ -35,7 +39,18 @@ pub enum Answer {
     NoResponse,
 }
 
-/// Everything the clients report, tallied under the fault in force.
+/// How one watcher's socket ended.
+#[derive(Debug)]
+pub enum Ending {
+    /// Before `ready`: refused, unreachable, or closed at once.
+    NotJoined(String),
+    /// After `ready`: the server or the network dropped a served socket.
+    Dropped(String),
+    /// A frame the protocol does not allow: a promise-2 violation.
+    Broken(String),
+}
+
+/// Everything the clients report, judged against the fault in force.
 #[derive(Default)]
 pub struct Ledger {
     inner: Mutex<Inner>,
@@ -46,7 +61,14 @@ struct Inner {
     fault: Option<Fault>,
     acks: Vec<Ack>,
     answers: BTreeMap<(&'static str, Answer), u64>,
+    endings: BTreeMap<(&'static str, &'static str), u64>,
     violations: Vec<String>,
+}
+
+impl Inner {
+    fn kind(&self) -> &'static str {
+        self.fault.map(Fault::kind).unwrap_or("none")
+    }
 }
 
 impl Ledger {
@@ -55,33 +77,67 @@ impl Ledger {
         self.inner.lock().unwrap().fault = fault;
     }
 
-    pub fn acked(&self, ack: Ack) {
-        self.inner.lock().unwrap().acks.push(ack);
+    pub fn acked(&self, mut ack: Ack) {
+        let mut inner = self.inner.lock().unwrap();
+        ack.under = inner.fault;
+        inner.acks.push(ack);
     }
 
-    /// Promise 6, as each answer comes: no 500 ever; no 503 while only
-    /// Redis is in trouble; no lost connection unless a replica is.
-    pub fn answered(&self, answer: Answer) {
+    /// Promise 6, as each answer comes from replica `slot`: never a 500 or
+    /// a 429 (the limits are far above the load); a 503 only from a replica
+    /// the fault cut from Postgres or froze; no answer only from one it
+    /// killed or froze. With only Redis in trouble, every request is served.
+    pub fn answered(&self, slot: usize, answer: &Answer) {
         let mut inner = self.inner.lock().unwrap();
         let fault = inner.fault;
-        let kind = fault.map(Fault::kind).unwrap_or("none");
-        let wrong = match (&answer, fault) {
-            (Answer::Ok, _) => None,
-            (Answer::Refused { status: 503, code }, Some(f))
-                if code == "unavailable" && !f.spares_postgres() =>
-            {
-                None
+        let excused = match answer {
+            Answer::Ok { .. } => true,
+            Answer::Refused { status: 503, code } => {
+                code == "unavailable" && fault.is_some_and(|f| f.excuses(slot))
             }
-            (Answer::Refused { status: 429, .. }, _) => None,
-            (Answer::NoResponse, Some(f)) if f.stops_a_replica() => None,
-            (other, _) => Some(other.clone()),
+            Answer::Refused { .. } => false,
+            Answer::NoResponse => fault.is_some_and(|f| f.stops(slot)),
         };
-        if let Some(wrong) = wrong {
+        let kind = inner.kind();
+        if !excused {
             inner.violations.push(format!(
-                "promise 6: an append answered {wrong:?} under {kind}"
+                "promise 6: an append answered {answer:?} from replica {slot} under {kind}"
             ));
         }
-        *inner.answers.entry((kind, answer)).or_default() += 1;
+        *inner.answers.entry((kind, answer.clone())).or_default() += 1;
+    }
+
+    /// A served socket is dropped only by a replica that dies or freezes
+    /// (promise 6: with a backend gone, replicas keep serving their
+    /// sockets); a join fails only on a replica the fault touches.
+    pub fn socket_ended(&self, slot: usize, watcher: &str, ending: Ending) {
+        let mut inner = self.inner.lock().unwrap();
+        let fault = inner.fault;
+        let kind = inner.kind();
+        let (label, wrong) = match &ending {
+            Ending::NotJoined(why) => (
+                "not_joined",
+                (!fault.is_some_and(|f| f.excuses(slot))).then(|| {
+                    format!(
+                        "promise 6: {watcher} could not join replica {slot} under {kind}: {why}"
+                    )
+                }),
+            ),
+            Ending::Dropped(why) => (
+                "dropped",
+                (!fault.is_some_and(|f| f.stops(slot))).then(|| {
+                    format!(
+                        "promise 6: replica {slot} dropped {watcher}'s socket under {kind}: {why}"
+                    )
+                }),
+            ),
+            Ending::Broken(what) => (
+                "broken",
+                Some(format!("promise 2: watcher {watcher}: {what}")),
+            ),
+        };
+        inner.violations.extend(wrong);
+        *inner.endings.entry((kind, label)).or_default() += 1;
     }
 
     pub fn violation(&self, what: String) {
@@ -107,34 +163,45 @@ impl Ledger {
         self.inner.lock().unwrap().acks.clone()
     }
 
-    /// "kind: answer x count" lines, for the run's report.
+    /// "kind: answer xN" and "kind: socket ending xN" lines, for the report.
     pub fn tally(&self) -> Vec<String> {
-        self.inner
-            .lock()
-            .unwrap()
+        let inner = self.inner.lock().unwrap();
+        let answers = inner
             .answers
             .iter()
-            .map(|((kind, answer), n)| format!("{kind}: {answer:?} x{n}"))
-            .collect()
+            .map(|((kind, answer), n)| format!("{kind}: append {answer:?} x{n}"));
+        let endings = inner
+            .endings
+            .iter()
+            .map(|((kind, ending), n)| format!("{kind}: socket {ending} x{n}"));
+        answers.chain(endings).collect()
     }
 }
 
-/// One draft's log as the store holds it: seq -> (event type, content).
+/// The store's head of a draft, read past every proxy.
+pub async fn store_head(db: &TestDb, draft: &str) -> u64 {
+    let id: uuid::Uuid = draft.parse().unwrap();
+    let row = db
+        .client()
+        .await
+        .query_one("SELECT seq FROM drafts WHERE id = $1", &[&id])
+        .await
+        .unwrap();
+    row.get::<_, i64>(0) as u64
+}
+
+/// One draft's log as the store holds it.
 pub struct Log {
     pub head: u64,
+    /// seq -> (event type, segment content or "").
     pub events: BTreeMap<u64, (String, String)>,
-    /// idempotency key -> (seq, content) of its segment.
-    pub segments: HashMap<String, (u64, String)>,
+    /// Every segment row: (idempotency key, seq, content).
+    pub segments: Vec<(String, u64, String)>,
 }
 
 pub async fn read_log(db: &TestDb, draft: &str) -> Log {
     let client = db.client().await;
     let id: uuid::Uuid = draft.parse().unwrap();
-    let head: i64 = client
-        .query_one("SELECT seq FROM drafts WHERE id = $1", &[&id])
-        .await
-        .unwrap()
-        .get(0);
     let events = client
         .query(
             "SELECT seq, type, coalesce(data #>> '{segment,content}', '')
@@ -148,22 +215,17 @@ pub async fn read_log(db: &TestDb, draft: &str) -> Log {
         .collect();
     let segments = client
         .query(
-            "SELECT idempotency_key, seq, content FROM segments WHERE draft_id = $1",
+            "SELECT coalesce(idempotency_key, ''), seq, content
+               FROM segments WHERE draft_id = $1 ORDER BY seq",
             &[&id],
         )
         .await
         .unwrap()
         .iter()
-        .map(|r| {
-            let key: Option<String> = r.get(0);
-            (
-                key.unwrap_or_default(),
-                (r.get::<_, i64>(1) as u64, r.get(2)),
-            )
-        })
+        .map(|r| (r.get(0), r.get::<_, i64>(1) as u64, r.get(2)))
         .collect();
     Log {
-        head: head as u64,
+        head: store_head(db, draft).await,
         events,
         segments,
     }
@@ -186,16 +248,23 @@ pub fn check_log(draft: &str, log: &Log) -> Vec<String> {
 
 /// Promise 4 (and 1's durability): every append a writer was told about is
 /// in the log once, at the seq it was told, with its content; the log holds
-/// no segment no writer asked for; a replay answers with the original.
+/// no segment no writer asked for, and one `segment_appended` event per
+/// segment, at its seq; a replay answers with the original.
 pub fn check_appends(draft: &str, log: &Log, acks: &[&Ack]) -> Vec<String> {
     let mut wrong = Vec::new();
+    let rows_of = |key: &str| {
+        log.segments
+            .iter()
+            .filter(|(k, _, _)| k == key)
+            .collect::<Vec<_>>()
+    };
     for ack in acks {
-        match log.segments.get(&ack.key) {
-            None => wrong.push(format!(
+        match rows_of(&ack.key).as_slice() {
+            [] => wrong.push(format!(
                 "promise 1: draft {draft}: append {} was answered seq {} but is not stored",
                 ack.key, ack.seq
             )),
-            Some((seq, content)) => {
+            [(_, seq, content)] => {
                 if *seq != ack.seq || *content != ack.content {
                     wrong.push(format!(
                         "promise 4: draft {draft}: append {} was answered seq {}, stored at {seq}",
@@ -209,6 +278,11 @@ pub fn check_appends(draft: &str, log: &Log, acks: &[&Ack]) -> Vec<String> {
                     ));
                 }
             }
+            rows => wrong.push(format!(
+                "promise 4: draft {draft}: append {} is stored {} times",
+                ack.key,
+                rows.len()
+            )),
         }
         if ack.replayed && ack.attempts == 1 {
             wrong.push(format!(
@@ -222,6 +296,24 @@ pub fn check_appends(draft: &str, log: &Log, acks: &[&Ack]) -> Vec<String> {
             "promise 4: draft {draft} stores {} segments for {} appends",
             log.segments.len(),
             acks.len()
+        ));
+    }
+    let appended: Vec<(u64, &str)> = log
+        .events
+        .iter()
+        .filter(|(_, (kind, _))| kind == "segment_appended")
+        .map(|(seq, (_, content))| (*seq, content.as_str()))
+        .collect();
+    let stored: Vec<(u64, &str)> = log
+        .segments
+        .iter()
+        .map(|(_, seq, content)| (*seq, content.as_str()))
+        .collect();
+    if appended != stored {
+        wrong.push(format!(
+            "promise 1: draft {draft}: {} segment_appended events for {} segments, or at other seqs",
+            appended.len(),
+            stored.len()
         ));
     }
     wrong

@@ -18,11 +18,10 @@ mod clients;
 mod faults;
 mod history;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use clients::{Pace, Seen, Watcher, Writer};
@@ -53,6 +52,8 @@ const SETTINGS: &[(&str, &str)] = &[
     ("WS_MAX_SOCKETS_PER_USER", "10"),
     // Short enough that a frozen replica's lease lapses within a round.
     ("WS_LEASE_TTL_SECONDS", "2"),
+    // A pool that cannot connect says so well within a client's timeout.
+    ("DATABASE_CONNECT_TIMEOUT_SECONDS", "2"),
 ];
 
 /// The run: its seed, and how many rounds.
@@ -77,9 +78,8 @@ impl Plan {
 
 /// The clients of the run and what they report.
 struct Clients {
-    pace: watch::Sender<Pace>,
+    pace: Arc<Pace>,
     ledger: Arc<Ledger>,
-    busy: Vec<Arc<AtomicBool>>,
     /// (watcher name, its draft, what it saw)
     watchers: Vec<(String, String, Arc<Mutex<Seen>>)>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -88,25 +88,20 @@ struct Clients {
 impl Clients {
     /// One writer per draft (its owner) and every reader on every draft.
     fn start(topology: &Topology, drafts: &[String], seed: u64) -> Clients {
-        let (pace, paced) = watch::channel(Pace::Quiet);
         let ledger = Arc::new(Ledger::default());
         let mut clients = Clients {
-            pace,
+            pace: Arc::new(Pace::new()),
             ledger: ledger.clone(),
-            busy: Vec::new(),
             watchers: Vec::new(),
             tasks: Vec::new(),
         };
         for (d, draft) in drafts.iter().enumerate() {
-            let busy = Arc::new(AtomicBool::new(false));
-            clients.busy.push(busy.clone());
             let writer = Writer {
                 draft: draft.clone(),
                 user: "alice",
                 routes: topology.routes.clone(),
-                pace: paced.clone(),
+                pace: clients.pace.clone(),
                 ledger: ledger.clone(),
-                busy,
             };
             clients
                 .tasks
@@ -122,6 +117,7 @@ impl Clients {
                     draft: draft.clone(),
                     user: reader,
                     routes: topology.routes.clone(),
+                    db: topology.cluster.db.clone(),
                     seen,
                     ledger: ledger.clone(),
                 };
@@ -132,18 +128,8 @@ impl Clients {
         clients
     }
 
-    /// Stops new appends and waits until every begun one is answered.
-    async fn go_quiet(&self) {
-        self.pace.send_replace(Pace::Quiet);
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while self.busy.iter().any(|b| b.load(Ordering::SeqCst)) {
-            assert!(Instant::now() < deadline, "an append is still unanswered");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
     /// The watchers not yet at their draft's head, as "name at seq".
-    fn behind(&self, heads: &std::collections::HashMap<String, u64>) -> Vec<String> {
+    fn behind(&self, heads: &HashMap<String, u64>) -> Vec<String> {
         self.watchers
             .iter()
             .filter_map(|(name, draft, seen)| {
@@ -161,16 +147,11 @@ impl Drop for Clients {
 }
 
 /// The store's head of each draft, read past every proxy.
-async fn heads(topology: &Topology, drafts: &[String]) -> std::collections::HashMap<String, u64> {
-    let client = topology.cluster.db.client().await;
-    let mut heads = std::collections::HashMap::new();
+async fn heads(topology: &Topology, drafts: &[String]) -> HashMap<String, u64> {
+    let mut heads = HashMap::new();
     for draft in drafts {
-        let id: uuid::Uuid = draft.parse().unwrap();
-        let row = client
-            .query_one("SELECT seq FROM drafts WHERE id = $1", &[&id])
-            .await
-            .unwrap();
-        heads.insert(draft.clone(), row.get::<_, i64>(0) as u64);
+        let head = history::store_head(&topology.cluster.db, draft).await;
+        heads.insert(draft.clone(), head);
     }
     heads
 }
@@ -185,7 +166,8 @@ async fn round(
     drafts: &[String],
     fault: Fault,
 ) -> Option<Duration> {
-    clients.pace.send_replace(Pace::Write);
+    topology.settle().await;
+    clients.pace.write();
     tokio::time::sleep(BEFORE_FAULT).await;
     let fallbacks = topology.metric_sum(FALLBACKS).await;
     clients.ledger.under(Some(fault));
@@ -193,9 +175,10 @@ async fn round(
     tokio::time::sleep(DURING_FAULT).await;
     topology.heal(fault).await;
     let healed = Instant::now();
-    clients.go_quiet().await;
+    clients.pace.quiet().await;
     clients.ledger.under(None);
     check_fallbacks(topology, clients, fault, fallbacks).await;
+    check_replayed(clients, fault);
 
     let heads = heads(topology, drafts).await;
     let behind = wait_for_heads(clients, &heads, healed + QUIET_BOUND).await;
@@ -217,7 +200,7 @@ async fn round(
 /// returns the ones still behind.
 async fn wait_for_heads(
     clients: &Clients,
-    heads: &std::collections::HashMap<String, u64>,
+    heads: &HashMap<String, u64>,
     deadline: Instant,
 ) -> Vec<String> {
     loop {
@@ -251,6 +234,23 @@ async fn check_fallbacks(topology: &Topology, clients: &Clients, fault: Fault, b
     }
 }
 
+/// A lost reply must have been lost and replayed, or the round proved
+/// nothing.
+fn check_replayed(clients: &Clients, fault: Fault) {
+    if let Fault::LostReply(_) = fault {
+        let replayed = clients
+            .ledger
+            .acks()
+            .iter()
+            .any(|a| a.under == Some(fault) && a.replayed);
+        if !replayed {
+            clients.ledger.violation(format!(
+                "promise 4: under {fault}, no retry was answered as a replay"
+            ));
+        }
+    }
+}
+
 /// Drafts owned by alice, each readable by every reader.
 async fn create_drafts(topology: &Topology) -> Vec<String> {
     let api = &topology.replicas().next().unwrap().api;
@@ -281,7 +281,7 @@ async fn check_history(topology: &Topology, clients: &Clients, drafts: &[String]
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seeded_fault_schedule_keeps_promises_1_2_4_and_6() {
     let plan = Plan::from_env();
     eprintln!(
