@@ -505,13 +505,14 @@ impl Health for AppState {
     }
 }
 
-/// The public API: every feature's routes behind the request context, the
-/// rate limit and the body limit.
+/// The public API: every feature's routes behind the request context,
+/// CORS, the rate limit and the body limit.
 pub fn public_router(state: AppState) -> Router {
-    Router::new()
+    let routes = Router::new()
         .merge(crate::collab::http::router())
         .merge(crate::realtime::ws::router())
         .merge(crate::http::probes::<AppState, AppState>())
+        .merge(crate::http::openapi::router())
         .fallback(crate::http::not_found)
         .method_not_allowed_fallback(crate::http::method_not_allowed)
         // A backstop only: read_whole has refused larger bodies already.
@@ -527,7 +528,14 @@ pub fn public_router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(
             state.rate_limits.clone(),
             crate::limits::http::rate_limit,
-        ))
+        ));
+    // Outside the rate limit, so a preflight is answered as it is; inside
+    // the request context, so it has an id and an access line.
+    let routes = match crate::http::cors::layer(&state.config.cors_allowed_origins) {
+        Some(cors) => routes.layer(cors),
+        None => routes,
+    };
+    routes
         .layer(middleware::from_fn_with_state(
             state.request_context.clone(),
             crate::http::request_context,

@@ -15,6 +15,18 @@ use std::time::Duration;
 use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// `scheme://host[:port]`, as a browser sends in `Origin`.
+fn is_exact_origin(origin: &str) -> bool {
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return false;
+    };
+    matches!(scheme, "http" | "https")
+        && !rest.is_empty()
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+}
+
 /// The secret used when none is configured. Fine for a laptop, refused in prod.
 pub const DEV_JWT_SECRET: &str = "collabd-dev-secret-do-not-use-in-production";
 /// The GCRA works in microseconds: more than one request per microsecond
@@ -44,6 +56,8 @@ pub enum Command {
     Token(TokenArgs),
     /// Apply the database migrations (DATABASE_URL) and exit.
     Migrate(MigrateArgs),
+    /// Print the OpenAPI document of the REST API (docs/openapi.json).
+    Openapi,
 }
 
 #[derive(Debug, Args)]
@@ -275,6 +289,10 @@ pub struct Config {
         default_value = "*"
     )]
     pub ws_allowed_origins: Vec<String>,
+    /// Comma list of exact origins (`https://app.example.com`) whose pages
+    /// may call the REST API from a browser; empty: no CORS headers at all.
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub cors_allowed_origins: Vec<String>,
     /// Seconds between the server's WebSocket pings on each socket.
     #[arg(long, env = "WS_PING_INTERVAL_SECONDS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub ws_ping_interval_seconds: u64,
@@ -489,7 +507,17 @@ impl Config {
             !self.ws_allowed_origins.iter().any(|o| o.trim().is_empty()),
             "WS_ALLOWED_ORIGINS",
             || "contains an empty entry".into(),
-        )
+        )?;
+        let bad_origin = self
+            .cors_allowed_origins
+            .iter()
+            .find(|o| !is_exact_origin(o));
+        ensure(bad_origin.is_none(), "CORS_ALLOWED_ORIGINS", || {
+            format!(
+                "{:?} is not an exact origin like https://app.example.com (scheme, host, optional port; no path, no *)",
+                bad_origin.map(String::as_str).unwrap_or_default()
+            )
+        })
     }
 
     pub fn log_format(&self) -> LogFormat {

@@ -50,6 +50,22 @@ pub enum Error {
 }
 
 impl Error {
+    /// Every code an envelope may carry, for the API documents.
+    pub const CODES: [&'static str; 12] = [
+        "validation_error",
+        "unauthorized",
+        "forbidden",
+        "not_found",
+        "method_not_allowed",
+        "request_timeout",
+        "ring_required",
+        "limit_exceeded",
+        "payload_too_large",
+        "rate_limited",
+        "unavailable",
+        "internal",
+    ];
+
     /// The one way a missing draft is reported, wherever it is noticed.
     pub fn draft_not_found() -> Self {
         Error::NotFound("draft not found".into())
@@ -116,3 +132,28 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_is_listed_once() {
+        let every = [
+            Error::Validation(String::new()),
+            Error::Unauthorized(""),
+            Error::Forbidden(String::new()),
+            Error::NotFound(String::new()),
+            Error::MethodNotAllowed,
+            Error::RequestTimeout(String::new()),
+            Error::RingRequired,
+            Error::LimitExceeded(String::new()),
+            Error::PayloadTooLarge(String::new()),
+            Error::RateLimited(1),
+            Error::Unavailable(String::new()),
+            Error::Internal(String::new()),
+        ];
+        let codes: Vec<&str> = every.iter().map(Error::code).collect();
+        assert_eq!(codes, Error::CODES);
+    }
+}

@@ -39,6 +39,10 @@ fn main() -> ExitCode {
             }
         }
         Some(Command::Migrate(args)) => migrate(args),
+        Some(Command::Openapi) => {
+            print!("{}", collabd::http::openapi::json());
+            ExitCode::SUCCESS
+        }
         Some(Command::Serve(config)) => serve(config),
         None => serve(cli.serve),
     }

@@ -6,16 +6,17 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::OpenApi;
 
 use super::input::{DraftTitle, IdempotencyKey, SegmentContent, UserId};
-use super::model::{Actor, Role};
+use super::model::{Actor, Collaborator, Draft, Event, EventBody, Role, Segment};
 use super::service::CollabService;
 use crate::auth::{AuthUser, Authenticator};
 use crate::error::Error;
 use crate::http::extract::{ApiJson, ApiQuery, DraftId};
 use crate::http::request::{current_request_id, ClientInfo};
+use crate::http::response::ErrorEnvelope;
 use crate::ports::Page;
 
 /// The draft routes, for any state that can hand out the service and the
@@ -50,16 +51,61 @@ fn actor(user: AuthUser, client: &ClientInfo) -> Actor {
     }
 }
 
-fn items<T: serde::Serialize>(items: Vec<T>) -> Json<serde_json::Value> {
-    Json(json!({ "items": items }))
+/// The drafts API as OpenAPI: every route below, its bodies and answers.
+#[derive(OpenApi)]
+#[openapi(
+    paths(
+        create_draft,
+        list_drafts,
+        get_draft,
+        list_segments,
+        append_segment,
+        pass_ring,
+        add_collaborator,
+        list_events
+    ),
+    components(schemas(
+        Draft,
+        Segment,
+        Event,
+        EventBody,
+        Collaborator,
+        Role,
+        ErrorEnvelope,
+        CreateDraft,
+        AppendSegment,
+        PassRing,
+        AddCollaborator
+    ))
+)]
+pub struct CollabApi;
+
+/// A list answer: `{"items": [...]}`, in ascending seq (or join) order.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Items<T> {
+    pub items: Vec<T>,
 }
 
-#[derive(Deserialize)]
+fn items<T>(items: Vec<T>) -> Json<Items<T>> {
+    Json(Items { items })
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateDraft {
+    /// 1-200 characters once trimmed, no control characters.
     title: String,
 }
 
+/// Create a draft; the caller becomes its owner and holds the ring.
+#[utoipa::path(post, path = "/v1/collab/drafts", tag = "drafts",
+    request_body = CreateDraft,
+    responses(
+        (status = 201, description = "The new draft", body = Draft),
+        (status = "4XX", description = "Refused: see the code", body = ErrorEnvelope),
+        (status = "5XX", description = "Unavailable or internal", body = ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
 async fn create_draft(
     State(collab): State<CollabService>,
     user: AuthUser,
@@ -71,13 +117,30 @@ async fn create_draft(
     Ok((StatusCode::CREATED, Json(draft)).into_response())
 }
 
+/// The drafts the caller collaborates on, oldest first.
+#[utoipa::path(get, path = "/v1/collab/drafts", tag = "drafts",
+    responses(
+        (status = 200, description = "The caller's drafts", body = Items<Draft>),
+        (status = "4XX", description = "Refused: see the code", body = ErrorEnvelope),
+        (status = "5XX", description = "Unavailable or internal", body = ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
 async fn list_drafts(
     State(collab): State<CollabService>,
     user: AuthUser,
-) -> Result<Json<serde_json::Value>, Error> {
+) -> Result<Json<Items<Draft>>, Error> {
     Ok(items(collab.list_drafts(&user.0).await?))
 }
 
+/// One draft, for any of its collaborators.
+#[utoipa::path(get, path = "/v1/collab/drafts/{id}", tag = "drafts",
+    params(("id" = uuid::Uuid, Path, description = "The draft's id")),
+    responses(
+        (status = 200, description = "The draft", body = Draft),
+        (status = "4XX", description = "Refused: see the code", body = ErrorEnvelope),
+        (status = "5XX", description = "Unavailable or internal", body = ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
 async fn get_draft(
     State(collab): State<CollabService>,
     user: AuthUser,
@@ -87,41 +150,81 @@ async fn get_draft(
     Ok(Json(draft).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct PageParams {
+    /// Only what comes after this seq (exclusive); default 0.
     after: Option<u64>,
+    /// 1-1000; default 100.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
+/// The draft's segments in seq order, paged.
+#[utoipa::path(get, path = "/v1/collab/drafts/{id}/segments", tag = "drafts",
+    params(("id" = uuid::Uuid, Path, description = "The draft's id"), PageParams),
+    responses(
+        (status = 200, description = "A page of segments", body = Items<Segment>),
+        (status = "4XX", description = "Refused: see the code", body = ErrorEnvelope),
+        (status = "5XX", description = "Unavailable or internal", body = ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
 async fn list_segments(
     State(collab): State<CollabService>,
     user: AuthUser,
     DraftId(id): DraftId,
     ApiQuery(params): ApiQuery<PageParams>,
-) -> Result<Json<serde_json::Value>, Error> {
+) -> Result<Json<Items<Segment>>, Error> {
     let page = Page::new(params.after, params.limit)?;
     Ok(items(collab.segments(&user.0, id, page).await?))
 }
 
+/// The draft's event log in seq order, paged: what a client reads to fill
+/// a gap or to catch up without a socket.
+#[utoipa::path(get, path = "/v1/collab/drafts/{id}/events", tag = "drafts",
+    params(("id" = uuid::Uuid, Path, description = "The draft's id"), PageParams),
+    responses(
+        (status = 200, description = "A page of events", body = Items<Event>),
+        (status = "4XX", description = "Refused: see the code", body = ErrorEnvelope),
+        (status = "5XX", description = "Unavailable or internal", body = ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
 async fn list_events(
     State(collab): State<CollabService>,
     user: AuthUser,
     DraftId(id): DraftId,
     ApiQuery(params): ApiQuery<PageParams>,
-) -> Result<Json<serde_json::Value>, Error> {
+) -> Result<Json<Items<Event>>, Error> {
     let page = Page::new(params.after, params.limit)?;
     Ok(items(collab.events(&user.0, id, page).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AppendSegment {
+    /// 1-10,000 characters, any but NUL, kept exactly.
     content: String,
+    /// 1-128 printable ASCII characters; a retry with the same key returns
+    /// the original. May come in the `Idempotency-Key` header instead.
     idempotency_key: Option<String>,
 }
 
-/// 201 with the new segment, or 200 with the original on a replay.
+/// Append a segment (the ring holder only): 201 with the new segment, or 200
+/// with the original when the idempotency key was already used.
+#[utoipa::path(post, path = "/v1/collab/drafts/{id}/segments", tag = "drafts",
+    params(
+        ("id" = uuid::Uuid, Path, description = "The draft's id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Same as idempotency_key in the body; both must agree"),
+    ),
+    request_body = AppendSegment,
+    responses(
+        (status = 201, description = "Appended", body = Segment),
+        (status = 200, description = "A replay: the original segment", body = Segment),
+        (status = "4XX", description = "Refused: see the code", body = ErrorEnvelope),
+        (status = "5XX", description = "Unavailable or internal", body = ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
 async fn append_segment(
     State(collab): State<CollabService>,
     user: AuthUser,
@@ -151,12 +254,23 @@ async fn append_segment(
     Ok((status, Json(appended.segment)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PassRing {
+    /// An editor or the owner of the draft.
     to_user_id: String,
 }
 
+/// Pass the ring (the holder, or the owner) to an editor or the owner.
+#[utoipa::path(post, path = "/v1/collab/drafts/{id}/ring/pass", tag = "drafts",
+    params(("id" = uuid::Uuid, Path, description = "The draft's id")),
+    request_body = PassRing,
+    responses(
+        (status = 200, description = "The draft, with its new ring holder", body = Draft),
+        (status = "4XX", description = "Refused: see the code", body = ErrorEnvelope),
+        (status = "5XX", description = "Unavailable or internal", body = ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
 async fn pass_ring(
     State(collab): State<CollabService>,
     user: AuthUser,
@@ -169,14 +283,26 @@ async fn pass_ring(
     Ok(Json(draft).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AddCollaborator {
     user_id: String,
+    /// `editor` or `viewer`.
     role: Role,
 }
 
-/// 201 with the draft when the collaborator was added, 200 when they already were.
+/// Add a collaborator (the owner only): 201 with the draft when added, 200
+/// when they already had that role.
+#[utoipa::path(post, path = "/v1/collab/drafts/{id}/collaborators", tag = "drafts",
+    params(("id" = uuid::Uuid, Path, description = "The draft's id")),
+    request_body = AddCollaborator,
+    responses(
+        (status = 201, description = "Added", body = Draft),
+        (status = 200, description = "Already a collaborator with that role", body = Draft),
+        (status = "4XX", description = "Refused: see the code", body = ErrorEnvelope),
+        (status = "5XX", description = "Unavailable or internal", body = ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
 async fn add_collaborator(
     State(collab): State<CollabService>,
     user: AuthUser,

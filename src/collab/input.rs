@@ -15,8 +15,11 @@ pub const MAX_USER_ID_CHARS: usize = 128;
 pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 128;
 
 /// A user id (a token's `sub`): 1-128 characters of `[A-Za-z0-9._@-]`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(try_from = "String", into = "String")]
+#[schema(pattern = "^[A-Za-z0-9._@-]{1,128}$")]
 pub struct UserId(String);
 
 impl UserId {
@@ -126,8 +129,9 @@ impl SegmentContent {
 }
 
 /// An idempotency key: 1-128 printable ASCII characters without spaces.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(try_from = "String", into = "String")]
+#[schema(pattern = "^[!-~]{1,128}$")]
 pub struct IdempotencyKey(String);
 
 impl IdempotencyKey {

@@ -13,7 +13,7 @@ use super::input::{IdempotencyKey, UserId};
 use crate::error::Error;
 
 /// What a collaborator may do with a draft.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Created the draft; may add collaborators and take the ring back.
@@ -50,13 +50,13 @@ impl Role {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Collaborator {
     pub user_id: UserId,
     pub role: Role,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Draft {
     pub id: Uuid,
     pub title: String,
@@ -81,7 +81,7 @@ impl Draft {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Segment {
     pub id: Uuid,
     pub draft_id: Uuid,
@@ -129,7 +129,7 @@ impl FromStr for EventType {
 }
 
 /// What an event says happened: its `type` and `data` on the wire.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", content = "data", rename_all = "snake_case")]
 pub enum EventBody {
     SegmentAppended {
@@ -172,9 +172,8 @@ impl EventBody {
 }
 
 /// One entry of a draft's ordered log, and the WebSocket frame that carries
-/// it: `{"type","draft_id","seq","request_id","ts","data"}`, in that order
-/// (`Serialize` below keeps `type` first, as clients read it).
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+/// it: `{"type","draft_id","seq","request_id","ts","data"}`, in that order.
+#[derive(Clone, Debug, PartialEq, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     pub draft_id: Uuid,
     pub seq: u64,
@@ -192,6 +191,7 @@ impl Event {
     }
 }
 
+// Written by hand so that `type` comes first, as clients read it.
 impl Serialize for Event {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         /// The timestamp in RFC 3339, as every other time on the wire.

@@ -7,8 +7,10 @@
 //! `realtime::ws::router`); `app.rs` puts them behind this middleware.
 
 pub mod body;
+pub mod cors;
 pub mod extract;
 pub mod management;
+pub mod openapi;
 pub mod request;
 pub mod response;
 pub mod server;
@@ -69,10 +71,27 @@ pub async fn method_not_allowed() -> Error {
     Error::MethodNotAllowed
 }
 
+/// The probes as OpenAPI.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(healthz, readyz_doc))]
+pub struct ProbesApi;
+
 /// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "probes",
+    responses((status = 200, description = "The process runs", body = serde_json::Value, example = json!({"status": "ok"}))))]
 pub(crate) async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
+
+/// Readiness: not draining, and the store answers. (Documented through
+/// `readyz_doc`: the path macro takes no generic handler.)
+#[utoipa::path(get, path = "/readyz", tag = "probes",
+    responses(
+        (status = 200, description = "Ready", body = serde_json::Value, example = json!({"status": "ready"})),
+        (status = 503, description = "Draining, or the store does not answer", body = response::ErrorEnvelope),
+    ))]
+#[allow(dead_code)]
+fn readyz_doc() {}
 
 /// Readiness: not draining, and the store answers.
 pub(crate) async fn readyz<H: Health>(

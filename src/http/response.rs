@@ -17,15 +17,40 @@ pub struct ErrorCause {
     pub cause: Option<String>,
 }
 
+/// `{"error": {"code", "message", "request_id"}}`: the body of every
+/// non-2xx answer.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorEnvelope {
+    pub error: ErrorBody,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// A stable code; clients branch on it, never on the message.
+    #[schema(schema_with = error_code_schema)]
+    pub code: &'static str,
+    /// For people; may change.
+    pub message: String,
+    /// The request's id, to quote when asking for help.
+    pub request_id: String,
+}
+
+fn error_code_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(Error::CODES))
+        .build()
+}
+
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({
-            "error": {
-                "code": self.code(),
-                "message": self.public_message(),
-                "request_id": current_request_id(),
-            }
-        });
+        let body = ErrorEnvelope {
+            error: ErrorBody {
+                code: self.code(),
+                message: self.public_message(),
+                request_id: current_request_id(),
+            },
+        };
         let mut response = (self.status(), Json(body)).into_response();
         if let Error::RateLimited(retry_after) = self {
             response.headers_mut().insert(

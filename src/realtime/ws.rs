@@ -85,7 +85,26 @@ where
     Router::new().route("/v1/collab/drafts/{id}/ws", get(upgrade))
 }
 
-/// `GET /v1/collab/drafts/:id/ws?since=N[&access_token=...]`
+/// The WebSocket route as OpenAPI; its frames are in docs/asyncapi.yaml.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(upgrade))]
+pub struct WsApi;
+
+/// Watch a draft over a WebSocket (collaborators only): `ready`, then
+/// every event in seq order, exactly once. The frames and close codes are
+/// described in docs/asyncapi.yaml.
+#[utoipa::path(get, path = "/v1/collab/drafts/{id}/ws", tag = "drafts",
+    params(
+        ("id" = Uuid, Path, description = "The draft's id"),
+        ("since" = Option<u64>, Query, description = "Resume after this seq (at most the head): the missed events come first"),
+        ("access_token" = Option<String>, Query, description = "The bearer token, for browsers; the Authorization header wins"),
+    ),
+    responses(
+        (status = 101, description = "Switching protocols: the socket is open"),
+        (status = "4XX", description = "Refused before the upgrade: see the code", body = crate::http::response::ErrorEnvelope),
+        (status = "5XX", description = "Draining, unavailable or internal", body = crate::http::response::ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
 async fn upgrade(
     State(sessions): State<Sessions>,
     DraftId(draft_id): DraftId,

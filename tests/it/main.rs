@@ -11,6 +11,7 @@ mod api;
 mod binary;
 mod chaos;
 mod cluster;
+mod contract;
 mod delivery;
 mod deploy;
 mod edges;
