@@ -10,6 +10,7 @@ mod common;
 mod api;
 mod binary;
 mod chaos;
+mod client;
 mod cluster;
 mod contract;
 mod delivery;

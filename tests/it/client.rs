@@ -1,0 +1,144 @@
+//! The TypeScript client (clients/typescript, built by scripts/test) against
+//! real replicas: it carries promise 2 past the socket. A Node process
+//! follows a draft through a proxy the test cuts and restores, while events
+//! are written on another replica; what the client delivers must be the
+//! server's log exactly, and an append through it must happen once.
+
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::mpsc;
+
+use crate::common::cluster::Cluster;
+use crate::common::proxy::Proxy;
+use crate::common::redis::base_url;
+use crate::common::*;
+
+/// The Node process and what it printed.
+struct Follower {
+    lines: mpsc::UnboundedReceiver<String>,
+    stdin: ChildStdin,
+    /// Every `event <seq>` line so far.
+    events: Vec<u64>,
+    _child: Child,
+}
+
+impl Follower {
+    fn start(base_url: &str, draft: &str, token: &str) -> Follower {
+        let script = format!(
+            "{}/clients/typescript/e2e/follow.mjs",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let built = format!(
+            "{}/clients/typescript/dist/src/index.js",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        assert!(
+            std::path::Path::new(&built).exists(),
+            "the client is not built: run scripts/test, which builds clients/typescript"
+        );
+        let mut child = Command::new("node")
+            .args(["--experimental-websocket", &script, base_url, draft, token])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node is installed (scripts/test checks)");
+        let (tx, lines) = mpsc::unbounded_channel();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = stdout.next_line().await {
+                let _ = tx.send(line);
+            }
+        });
+        Follower {
+            lines,
+            stdin: child.stdin.take().unwrap(),
+            events: Vec::new(),
+            _child: child,
+        }
+    }
+
+    /// Reads lines until one equals `expected` (recording events on the way).
+    async fn until(&mut self, expected: &str) {
+        within(async {
+            loop {
+                let line = self.lines.recv().await.expect("the client exited");
+                if std::env::var_os("TEST_LOG").is_some() {
+                    eprintln!("[client] {line}");
+                }
+                if let Some(seq) = line.strip_prefix("event ") {
+                    self.events.push(seq.parse().unwrap());
+                }
+                if line == expected {
+                    return;
+                }
+            }
+        })
+        .await
+    }
+
+    /// Waits for event `seq` unless it came already.
+    async fn until_event(&mut self, seq: u64) {
+        if !self.events.contains(&seq) {
+            self.until(&format!("event {seq}")).await;
+        }
+    }
+
+    async fn command(&mut self, line: &str) {
+        self.stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_typescript_client_delivers_the_log_exactly_across_a_lost_network() {
+    let cluster = Cluster::start(2, base_url(), &[]).await;
+    let network = Proxy::start(cluster.replica(0).addr).await;
+    let writer = cluster.replica(1);
+    let draft = writer.create_draft("alice", "Followed").await;
+    let token = writer.token("alice");
+    let mut client = Follower::start(&format!("http://{}", network.addr), &draft, &token);
+    client.until("state open").await;
+
+    for n in 1..=5 {
+        assert_eq!(
+            writer.append("alice", &draft, &format!("{n}")).await.status,
+            201
+        );
+    }
+    client.until_event(5).await;
+
+    // The network goes; events go on being written elsewhere.
+    network.cut();
+    client.until("state reconnecting").await;
+    for n in 6..=10 {
+        assert_eq!(
+            writer.append("alice", &draft, &format!("{n}")).await.status,
+            201
+        );
+    }
+    network.restore();
+    client.until_event(10).await;
+
+    // An append through the client: once, with a key it made.
+    client.command("append from the client").await;
+    client.until("appended 11 false").await;
+    client.until_event(11).await;
+
+    let log = writer
+        .get("alice", &format!("/v1/collab/drafts/{draft}/events"))
+        .await;
+    let stored: Vec<u64> = log.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(client.events, stored, "the client's events against the log");
+    assert_eq!(stored, (1..=11).collect::<Vec<u64>>());
+}
