@@ -22,7 +22,7 @@ wait_until_reachable() { # host port [what]
 }
 
 # Installs a Debian package when a command is missing (root only).
-ensure_command() { # command package
+ensure_command() { # command package [apt-get install options...]
     command -v "$1" >/dev/null 2>&1 && return 0
     if [ "$(id -u)" -ne 0 ]; then
         echo "$1 is not installed, and installing $2 needs root" >&2
@@ -30,7 +30,7 @@ ensure_command() { # command package
     fi
     echo "installing $2 (for $1)" >&2
     apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${@:3}" "$2" >&2
 }
 
 pg_bin() {

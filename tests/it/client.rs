@@ -4,80 +4,36 @@
 //! are written on another replica; what the client delivers must be the
 //! server's log exactly, and an append through it must happen once.
 
-use std::process::Stdio;
-
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, Command};
-use tokio::sync::mpsc;
-
 use crate::common::cluster::Cluster;
+use crate::common::node::NodeScript;
 use crate::common::proxy::Proxy;
 use crate::common::redis::base_url;
-use crate::common::*;
 
-/// The Node process and what it printed.
+/// The client following a draft, and the events it delivered so far.
 struct Follower {
-    lines: mpsc::UnboundedReceiver<String>,
-    stdin: ChildStdin,
-    /// Every `event <seq>` line so far.
+    script: NodeScript,
     events: Vec<u64>,
-    _child: Child,
 }
 
 impl Follower {
     fn start(base_url: &str, draft: &str, token: &str) -> Follower {
-        let script = format!(
-            "{}/clients/typescript/e2e/follow.mjs",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        let built = format!(
-            "{}/clients/typescript/dist/src/index.js",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        assert!(
-            std::path::Path::new(&built).exists(),
-            "the client is not built: run scripts/test, which builds clients/typescript"
-        );
-        let mut child = Command::new("node")
-            .args(["--experimental-websocket", &script, base_url, draft, token])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("node is installed (scripts/test checks)");
-        let (tx, lines) = mpsc::unbounded_channel();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = stdout.next_line().await {
-                let _ = tx.send(line);
-            }
-        });
         Follower {
-            lines,
-            stdin: child.stdin.take().unwrap(),
+            script: NodeScript::start("e2e/follow.mjs", &[base_url, draft, token]),
             events: Vec::new(),
-            _child: child,
         }
     }
 
     /// Reads lines until one equals `expected` (recording events on the way).
     async fn until(&mut self, expected: &str) {
-        within(async {
-            loop {
-                let line = self.lines.recv().await.expect("the client exited");
-                if std::env::var_os("TEST_LOG").is_some() {
-                    eprintln!("[client] {line}");
-                }
-                if let Some(seq) = line.strip_prefix("event ") {
-                    self.events.push(seq.parse().unwrap());
-                }
-                if line == expected {
-                    return;
-                }
+        loop {
+            let line = self.script.next_line().await;
+            if let Some(seq) = line.strip_prefix("event ") {
+                self.events.push(seq.parse().unwrap());
             }
-        })
-        .await
+            if line == expected {
+                return;
+            }
+        }
     }
 
     /// Waits for event `seq` unless it came already.
@@ -85,13 +41,6 @@ impl Follower {
         if !self.events.contains(&seq) {
             self.until(&format!("event {seq}")).await;
         }
-    }
-
-    async fn command(&mut self, line: &str) {
-        self.stdin
-            .write_all(format!("{line}\n").as_bytes())
-            .await
-            .unwrap();
     }
 }
 
@@ -126,7 +75,7 @@ async fn the_typescript_client_delivers_the_log_exactly_across_a_lost_network() 
     client.until_event(10).await;
 
     // An append through the client: once, with a key it made.
-    client.command("append from the client").await;
+    client.script.command("append from the client").await;
     client.until("appended 11 false").await;
     client.until_event(11).await;
 

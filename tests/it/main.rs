@@ -9,6 +9,7 @@ mod common;
 
 mod api;
 mod binary;
+mod browser;
 mod chaos;
 mod client;
 mod cluster;

@@ -148,7 +148,13 @@ export class Watch {
       this.closed(ev.code, errorFrame);
     };
     socket.onerror = () => {
-      // A close event always follows; it decides.
+      // Some platforms (Node 20's undici, for one) report a failed handshake
+      // with an error and no close event: take it as an abnormal close. A
+      // close event that follows is then ignored (the socket is not current).
+      if (socket !== this.socket || this.stopped) return;
+      this.socket = undefined;
+      socket.close();
+      this.closed(1006, errorFrame);
     };
   }
 

@@ -32,6 +32,9 @@ function world({ log = [], random = () => 0.5 } = {}) {
     ready(seq) {
       this.send({ type: "ready", connection_id: "c", draft_id: DRAFT, seq });
     }
+    fail() {
+      this.onerror?.({});
+    }
     end(code, error) {
       if (error) this.send({ type: "error", code: error, message: error });
       this.onclose?.({ code, reason: error ?? "" });
@@ -192,4 +195,17 @@ test("a socket that is gone no longer delivers", async () => {
   await settle();
   old.send(event(1)); // a late frame from the dead socket
   assert.deepEqual(seen, []);
+});
+
+test("a handshake that fails with an error and no close event is retried", async () => {
+  const w = world();
+  const { states } = watching(w);
+  await settle();
+  w.sockets[0].fail();
+  w.sockets[0].end(1006); // a close after the error, if the platform sends one, is ignored
+  assert.equal(w.timers.length, 1, "one retry, not two");
+  w.timers[0].fn();
+  await settle();
+  w.sockets[1].ready(0);
+  assert.deepEqual(states, ["reconnecting", "open"]);
 });

@@ -2,7 +2,9 @@
 //! own memory backends, and gives HTTP and WebSocket helpers that read like
 //! the story of a test. Logs print only when TEST_LOG is set.
 
+pub mod balancer;
 pub mod cluster;
+pub mod node;
 pub mod pg;
 pub mod proxy;
 pub mod redis;
