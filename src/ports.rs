@@ -27,6 +27,9 @@ use crate::limits::gcra::{RatePolicy, ThrottleReply};
 pub const DEFAULT_PAGE_LIMIT: u32 = 100;
 pub const MAX_PAGE_LIMIT: u32 = 1000;
 
+/// The largest seq a log can hold (Postgres `bigint`).
+pub const MAX_SEQ: u64 = i64::MAX as u64;
+
 /// A page request: `after` an exclusive seq, `limit` 1-1000 (default 100).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Page {
@@ -42,10 +45,13 @@ impl Page {
                 "limit must be between 1 and {MAX_PAGE_LIMIT}"
             )));
         }
-        Ok(Page {
-            after: after.unwrap_or(0),
-            limit,
-        })
+        let after = after.unwrap_or(0);
+        if after > MAX_SEQ {
+            return Err(Error::Validation(format!(
+                "after must be at most {MAX_SEQ}"
+            )));
+        }
+        Ok(Page { after, limit })
     }
 
     /// The largest page after `after`, for readers that catch up.
@@ -250,4 +256,17 @@ pub trait HealthCheck: Send + Sync + 'static {
     fn component(&self) -> &'static str;
     /// Whether it answers now; also refreshes the backend's own gauges.
     async fn check(&self) -> Result<(), Error>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_starts_within_what_a_log_can_hold() {
+        assert_eq!(Page::new(Some(MAX_SEQ), None).unwrap().after, MAX_SEQ);
+        assert!(Page::new(Some(MAX_SEQ + 1), None).is_err());
+        assert!(Page::new(None, Some(0)).is_err());
+        assert!(Page::new(None, Some(MAX_PAGE_LIMIT + 1)).is_err());
+    }
 }

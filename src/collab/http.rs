@@ -94,6 +94,7 @@ fn items<T>(items: Vec<T>) -> Json<Items<T>> {
 #[serde(deny_unknown_fields)]
 struct CreateDraft {
     /// 1-200 characters once trimmed, no control characters.
+    #[schema(min_length = 1, max_length = 200)]
     title: String,
 }
 
@@ -155,6 +156,7 @@ async fn get_draft(
 #[into_params(parameter_in = Query)]
 struct PageParams {
     /// Only what comes after this seq (exclusive); default 0.
+    #[param(maximum = 9223372036854775807_u64)]
     after: Option<u64>,
     /// 1-1000; default 100.
     #[param(minimum = 1, maximum = 1000)]
@@ -204,9 +206,11 @@ async fn list_events(
 #[serde(deny_unknown_fields)]
 struct AppendSegment {
     /// 1-10,000 characters, any but NUL, kept exactly.
+    #[schema(min_length = 1, max_length = 10000)]
     content: String,
     /// 1-128 printable ASCII characters; a retry with the same key returns
     /// the original. May come in the `Idempotency-Key` header instead.
+    #[schema(pattern = "^[!-~]{1,128}$")]
     idempotency_key: Option<String>,
 }
 
@@ -258,6 +262,7 @@ async fn append_segment(
 #[serde(deny_unknown_fields)]
 struct PassRing {
     /// An editor or the owner of the draft.
+    #[schema(pattern = "^[A-Za-z0-9._@-]{1,128}$")]
     to_user_id: String,
 }
 
@@ -286,6 +291,7 @@ async fn pass_ring(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AddCollaborator {
+    #[schema(pattern = "^[A-Za-z0-9._@-]{1,128}$")]
     user_id: String,
     /// `editor` or `viewer`.
     role: Role,

@@ -104,15 +104,7 @@ async fn the_demo_page_shows_the_log_exactly_through_a_replica_kill_and_a_redis_
     redis.restore();
     assert_eq!(during, (1..=10).collect::<Vec<u64>>());
 
-    let log = survivor
-        .get("alice", &format!("/v1/collab/drafts/{draft}/events"))
-        .await;
-    let stored: Vec<u64> = log.body["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["seq"].as_u64().unwrap())
-        .collect();
+    let stored = survivor.event_seqs("alice", &draft).await;
     assert_eq!(during, stored, "the page's events against the log");
 
     let shot = std::env::temp_dir().join(format!("collabd-demo-{demo_port}.png"));

@@ -79,15 +79,7 @@ async fn the_typescript_client_delivers_the_log_exactly_across_a_lost_network() 
     client.until("appended 11 false").await;
     client.until_event(11).await;
 
-    let log = writer
-        .get("alice", &format!("/v1/collab/drafts/{draft}/events"))
-        .await;
-    let stored: Vec<u64> = log.body["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["seq"].as_u64().unwrap())
-        .collect();
+    let stored = writer.event_seqs("alice", &draft).await;
     assert_eq!(client.events, stored, "the client's events against the log");
     assert_eq!(stored, (1..=11).collect::<Vec<u64>>());
 }

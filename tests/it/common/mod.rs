@@ -178,6 +178,23 @@ impl Api {
         reply.body["seq"].as_u64().unwrap()
     }
 
+    /// The seqs of the draft's log, as `GET /events` gives them.
+    pub async fn event_seqs(&self, user: &str, draft: &str) -> Vec<u64> {
+        let reply = self
+            .get(
+                user,
+                &format!("/v1/collab/drafts/{draft}/events?limit=1000"),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["seq"].as_u64().unwrap())
+            .collect()
+    }
+
     pub fn ws_url(&self, draft: &str, query: &str) -> String {
         format!("ws://{}/v1/collab/drafts/{draft}/ws{query}", self.addr)
     }
