@@ -2,8 +2,9 @@
 //! clients/typescript/e2e/browser.mjs) against three replicas behind a load
 //! balancer, on another origin (CORS). While a writer appends, the replica
 //! the page is connected to is killed, then Redis is cut for a few seconds;
-//! the page's events must equal the server's log exactly. A screenshot of
-//! the page is taken and must not be blank.
+//! the page's events must equal the server's log exactly. The same page
+//! served from an origin CORS does not allow cannot read the API. A
+//! screenshot of the page is taken and must not be blank.
 
 use crate::common::balancer::Balancer;
 use crate::common::cluster::Cluster;
@@ -106,6 +107,21 @@ async fn the_demo_page_shows_the_log_exactly_through_a_replica_kill_and_a_redis_
 
     let stored = survivor.event_seqs("alice", &draft).await;
     assert_eq!(during, stored, "the page's events against the log");
+
+    // The same page from an origin CORS does not allow: the browser refuses
+    // the API's answers, and the page says so.
+    let other_port = free_port();
+    let mut other = NodeScript::start("demo/serve.mjs", &[&other_port.to_string()]);
+    other.next_with("demo on").await;
+    let refused_page = page.replace(&origin, &format!("http://127.0.0.1:{other_port}"));
+    let mut refused = NodeScript::start("e2e/browser.mjs", &[&refused_page]);
+    refused.next_with("loaded").await;
+    refused.command("error").await;
+    let error = refused.next_with("error").await;
+    assert!(
+        error.contains("Failed to fetch"),
+        "the page showed: {error}"
+    );
 
     let shot = std::env::temp_dir().join(format!("collabd-demo-{demo_port}.png"));
     browser

@@ -4,6 +4,7 @@
 //
 //   wait <n>           -> `events <json seqs>` once the page delivered n events
 //   screenshot <path>  -> `screenshot <distinct byte values in the image data>`
+//   error              -> `error <text>` once the page shows an error
 //
 //   node e2e/browser.mjs <page url>
 import { createInterface } from "node:readline";
@@ -41,6 +42,13 @@ for await (const line of createInterface({ input: process.stdin })) {
       timeout: 30_000,
     });
     say(`events ${JSON.stringify(await page.evaluate(() => window.collabdDemo.events))}`);
+  } else if (command === "error") {
+    const shown = await page.waitForFunction(
+      () => document.getElementById("error")?.textContent || undefined,
+      undefined,
+      { timeout: 30_000 },
+    );
+    say(`error ${await shown.jsonValue()}`);
   } else if (command === "screenshot") {
     const png = await page.screenshot({ path: argument });
     say(`screenshot ${distinctBytes(png)}`);
