@@ -29,7 +29,9 @@ const browser = await chromium.launch({
   ],
 });
 const page = await browser.newPage({ viewport: { width: 960, height: 640 } });
-page.on("console", (message) => process.stderr.write(`[page] ${message.text()}\n`));
+if (process.env.TEST_LOG) {
+  page.on("console", (message) => process.stderr.write(`[page] ${message.text()}\n`));
+}
 page.on("pageerror", (error) => process.stderr.write(`[page error] ${error}\n`));
 await page.goto(url);
 say("loaded");

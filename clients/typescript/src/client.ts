@@ -144,7 +144,8 @@ export class CollabdClient {
         return await this.once<T>(method, path, body);
       } catch (e) {
         if (!(e instanceof CollabdError) || !e.retryable || attempt >= this.retries) throw e;
-        await new Promise((resolve) => setTimeout(resolve, Math.min(5_000, 100 * 2 ** attempt)));
+        const backoff = Math.min(5_000, 100 * 2 ** attempt);
+        await new Promise((resolve) => setTimeout(resolve, Math.max(backoff, e.retryAfterMs ?? 0)));
       }
     }
   }
@@ -164,16 +165,32 @@ export class CollabdClient {
     } catch (e) {
       throw new CollabdError("network", `request failed: ${String(e)}`);
     }
-    const text = await response.text();
-    const json: unknown = text === "" ? undefined : JSON.parse(text);
+    let text: string;
+    try {
+      text = await response.text();
+    } catch (e) {
+      throw new CollabdError("network", `reading the answer failed: ${String(e)}`);
+    }
+    // A proxy in front may answer with HTML (a 502 page): that is no envelope.
+    let json: unknown;
+    try {
+      json = text === "" ? undefined : JSON.parse(text);
+    } catch {
+      json = undefined;
+    }
     if (!response.ok) {
       const error = (json as { error?: { code?: string; message?: string; request_id?: string } } | undefined)?.error;
+      const retryAfter = Number(response.headers.get("retry-after"));
       throw new CollabdError(
         error?.code ?? "http_error",
         error?.message ?? `HTTP ${response.status}`,
         response.status,
         error?.request_id ?? response.headers.get("x-request-id") ?? undefined,
+        Number.isFinite(retryAfter) && retryAfter > 0 ? retryAfter * 1000 : undefined,
       );
+    }
+    if (json === undefined && text !== "") {
+      throw new CollabdError("bad_response", `the answer is not JSON (HTTP ${response.status})`, response.status);
     }
     return { value: json as T, status: response.status };
   }

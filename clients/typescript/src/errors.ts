@@ -7,16 +7,20 @@ export class CollabdError extends Error {
   /** The server's request id, to quote in a support request. */
   readonly requestId: string | undefined;
 
-  constructor(code: string, message: string, status = 0, requestId?: string) {
+  /** How long the server asked us to wait (`Retry-After`), in ms, if it did. */
+  readonly retryAfterMs: number | undefined;
+
+  constructor(code: string, message: string, status = 0, requestId?: string, retryAfterMs?: number) {
     super(message);
     this.name = "CollabdError";
     this.code = code;
     this.status = status;
     this.requestId = requestId;
+    this.retryAfterMs = retryAfterMs;
   }
 
   /** Whether the same request may succeed if sent again (with the same idempotency key). */
   get retryable(): boolean {
-    return this.code === "network" || this.status === 503 || this.status === 429;
+    return this.code === "network" || this.status === 502 || this.status === 503 || this.status === 504 || this.status === 429;
   }
 }
