@@ -15,16 +15,39 @@ use std::time::Duration;
 use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// `scheme://host[:port]`, as a browser sends in `Origin`.
+/// `scheme://host[:port]` exactly as a browser sends it in `Origin`:
+/// lowercase, no default port, no path. CORS compares bytes, so any other
+/// spelling would silently never match.
 fn is_exact_origin(origin: &str) -> bool {
     let Some((scheme, rest)) = origin.split_once("://") else {
         return false;
     };
-    matches!(scheme, "http" | "https")
-        && !rest.is_empty()
-        && rest
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+    let default_port = match scheme {
+        "http" => "80",
+        "https" => "443",
+        _ => return false,
+    };
+    // An IPv6 host is bracketed: its colons are not the port's.
+    let split = match rest.find(']') {
+        Some(end) if rest.starts_with('[') => Some(end + 1),
+        _ => rest.rfind(':'),
+    };
+    let (host, port) = match split.map(|at| rest.split_at(at)) {
+        Some((host, "")) => (host, None),
+        Some((host, port)) => match port.strip_prefix(':') {
+            Some(port) => (host, Some(port)),
+            None => return false,
+        },
+        None => (rest, None),
+    };
+    let host_ok = !host.is_empty()
+        && host.bytes().all(|b| {
+            b.is_ascii_lowercase()
+                || b.is_ascii_digit()
+                || matches!(b, b'.' | b'-' | b'[' | b']' | b':')
+        });
+    let port_ok = port.is_none_or(|p| p != default_port && p.parse::<u16>().is_ok_and(|n| n > 0));
+    host_ok && port_ok
 }
 
 /// The secret used when none is configured. Fine for a laptop, refused in prod.
@@ -582,6 +605,32 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cors_origins_are_spelled_as_browsers_send_them() {
+        for good in [
+            "http://127.0.0.1:8090",
+            "https://app.example.com",
+            "http://localhost:3000",
+            "http://[::1]:8080",
+        ] {
+            assert!(is_exact_origin(good), "{good}");
+        }
+        for bad in [
+            "*",
+            "app.example.com",
+            "https://App.example.com",
+            "https://app.example.com:443",
+            "http://app.example.com:80",
+            "https://app.example.com/",
+            "https://app.example.com/path",
+            "http://:8080",
+            "http://app:99999",
+            "ftp://app.example.com",
+        ] {
+            assert!(!is_exact_origin(bad), "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

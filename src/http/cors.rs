@@ -2,7 +2,8 @@
 //! origins only. A preflight from one of them is answered with the methods
 //! and headers the API uses; the headers a client needs to read
 //! (`X-Request-Id`, `Retry-After`, the rate-limit pair) are exposed. Any
-//! other origin gets no CORS headers, and its browser refuses the answer.
+//! other origin gets no `Access-Control-Allow-Origin`, so its browser
+//! refuses the answer.
 //!
 //! Kept apart from `WS_ALLOWED_ORIGINS`: that list defaults to `*` (a socket
 //! carries its bearer token, no ambient credentials), while CORS should
@@ -30,7 +31,7 @@ pub fn layer(origins: &[String]) -> Option<CorsLayer> {
     Some(
         CorsLayer::new()
             .allow_origin(AllowOrigin::list(origins))
-            .allow_methods([Method::GET, Method::POST, Method::DELETE])
+            .allow_methods([Method::GET, Method::POST])
             .allow_headers([
                 header::AUTHORIZATION,
                 header::CONTENT_TYPE,

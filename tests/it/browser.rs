@@ -12,12 +12,12 @@ use crate::common::node::NodeScript;
 use crate::common::proxy::Proxy;
 use crate::common::redis::{server_addr as redis_addr, url_via as redis_url_via};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// The demo page's server on a port of its own choosing, and its origin.
+async fn demo_server() -> (NodeScript, String) {
+    let mut server = NodeScript::start("demo/serve.mjs", &["0"]);
+    let url = server.next_with("demo on").await;
+    let origin = url.trim_end_matches('/').to_owned();
+    (server, origin)
 }
 
 /// The seqs the page has delivered, once it has at least `n`.
@@ -28,8 +28,7 @@ async fn page_events(browser: &mut NodeScript, n: usize) -> Vec<u64> {
 
 #[tokio::test]
 async fn the_demo_page_shows_the_log_exactly_through_a_replica_kill_and_a_redis_cut() {
-    let demo_port = free_port();
-    let origin = format!("http://127.0.0.1:{demo_port}");
+    let (_server, origin) = demo_server().await;
     let redis = Proxy::start(redis_addr()).await;
     let mut cluster = Cluster::start(
         3,
@@ -48,10 +47,8 @@ async fn the_demo_page_shows_the_log_exactly_through_a_replica_kill_and_a_redis_
         201
     );
 
-    let mut server = NodeScript::start("demo/serve.mjs", &[&demo_port.to_string()]);
-    server.next_with("demo on").await;
     let page = format!(
-        "{origin}/?api=http://{}&draft={draft}&user=bob&token={}",
+        "{origin}/?api=http://{}&draft={draft}&user=bob#token={}",
         balancer.addr,
         writer.token("bob")
     );
@@ -75,7 +72,7 @@ async fn the_demo_page_shows_the_log_exactly_through_a_replica_kill_and_a_redis_
     // Kill the replica holding the page's socket (the only socket there is).
     let mut holder = None;
     for (i, replica) in cluster.replicas.iter().enumerate() {
-        if replica.metric("ws_connections_total").await >= 1.0 {
+        if replica.metric("ws_active_connections").await == 1.0 {
             holder = Some(i);
         }
     }
@@ -110,10 +107,8 @@ async fn the_demo_page_shows_the_log_exactly_through_a_replica_kill_and_a_redis_
 
     // The same page from an origin CORS does not allow: the browser refuses
     // the API's answers, and the page says so.
-    let other_port = free_port();
-    let mut other = NodeScript::start("demo/serve.mjs", &[&other_port.to_string()]);
-    other.next_with("demo on").await;
-    let refused_page = page.replace(&origin, &format!("http://127.0.0.1:{other_port}"));
+    let (_other, other_origin) = demo_server().await;
+    let refused_page = page.replace(&origin, &other_origin);
     let mut refused = NodeScript::start("e2e/browser.mjs", &[&refused_page]);
     refused.next_with("loaded").await;
     refused.command("error").await;
@@ -123,7 +118,7 @@ async fn the_demo_page_shows_the_log_exactly_through_a_replica_kill_and_a_redis_
         "the page showed: {error}"
     );
 
-    let shot = std::env::temp_dir().join(format!("collabd-demo-{demo_port}.png"));
+    let shot = std::env::temp_dir().join(format!("collabd-demo-{}.png", uuid::Uuid::new_v4()));
     browser
         .command(&format!("screenshot {}", shot.display()))
         .await;

@@ -1,14 +1,16 @@
 // The live demo: open a draft, see segments appear as others append, see
 // who holds the ring and the connection's state. Its address carries the
-// API's origin, the draft and a token:
-//   /?api=http://127.0.0.1:8080&draft=<id>&token=<jwt>&user=alice
+// API's origin and the draft, and the token in the fragment (never sent to
+// a server, and removed from the address bar once read):
+//   /?api=http://127.0.0.1:8080&draft=<id>&user=alice#token=<jwt>
 // `window.collabdDemo.events` lists the seqs delivered, for the browser test.
 import { CollabdClient, type CollabEvent, type ConnectionState } from "../src/index.js";
 
 const params = new URLSearchParams(location.search);
 const api = params.get("api") ?? location.origin;
 const draftId = params.get("draft") ?? "";
-const token = params.get("token") ?? "";
+const token = new URLSearchParams(location.hash.slice(1)).get("token") ?? "";
+history.replaceState(null, "", location.pathname + location.search);
 const user = params.get("user") ?? "";
 
 const demo = { events: [] as number[], state: "connecting" as ConnectionState };

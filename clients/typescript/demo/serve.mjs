@@ -1,5 +1,6 @@
 // Serves the demo page and the built client on 127.0.0.1:<port> (default
-// 8090), no dependencies: `node demo/serve.mjs [port]` after `npm run build`.
+// 8090; 0 picks a free one), no dependencies: `node demo/serve.mjs [port]`
+// after `npm run build`. Prints `demo on http://127.0.0.1:<port>/`.
 import { createServer } from "node:http";
 import { readFile } from "node:fs/promises";
 import { extname, join, normalize } from "node:path";
@@ -9,7 +10,7 @@ const root = fileURLToPath(new URL("..", import.meta.url));
 const port = Number(process.argv[2] ?? 8090);
 const types = { ".html": "text/html", ".js": "text/javascript", ".map": "application/json" };
 
-createServer(async (req, res) => {
+const server = createServer(async (req, res) => {
   const path = new URL(req.url ?? "/", "http://x").pathname;
   const file = path === "/" ? "demo/index.html" : normalize(path).replace(/^\/+/, "");
   if (!(file === "demo/index.html" || file.startsWith("dist/"))) {
@@ -23,6 +24,7 @@ createServer(async (req, res) => {
   } catch {
     res.writeHead(404).end();
   }
-}).listen(port, "127.0.0.1", () => {
-  process.stdout.write(`demo on http://127.0.0.1:${port}/\n`);
+});
+server.listen(port, "127.0.0.1", () => {
+  process.stdout.write(`demo on http://127.0.0.1:${server.address().port}/\n`);
 });

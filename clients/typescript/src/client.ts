@@ -14,9 +14,19 @@ export interface ClientOptions {
   /** The platform's by default (browsers, Node >= 22; Node 20 with --experimental-websocket). */
   WebSocket?: WebSocketConstructor;
   fetch?: typeof fetch;
-  /** How often a retryable request (network lost, 503, 429) is tried again. Default 5. */
+  /** How often a retryable request (network lost, 502-504, 429) is tried again. Default 5. */
   retries?: number;
+  /** How long one request may take before it counts as lost. Default 10 s. */
+  timeoutMs?: number;
 }
+
+/**
+ * Which failures a request may be retried on. Reads and keyed appends are
+ * safe to send again; a create, a ring pass or an added collaborator whose
+ * answer was lost may have happened, so only a 429 (refused, not done) is
+ * retried for them.
+ */
+type Retry = "safe" | "rate_limit_only";
 
 /** A page of a list route. */
 export interface PageQuery {
@@ -40,16 +50,18 @@ export class CollabdClient {
   private readonly base: string;
   private readonly fetcher: typeof fetch;
   private readonly retries: number;
+  private readonly timeoutMs: number;
 
   constructor(private readonly options: ClientOptions) {
     this.base = options.baseUrl.replace(/\/+$/, "");
     this.fetcher = options.fetch ?? globalThis.fetch.bind(globalThis);
     this.retries = options.retries ?? 5;
+    this.timeoutMs = options.timeoutMs ?? 10_000;
   }
 
   createDraft(title: string): Promise<Draft> {
     const body: Body<"/v1/collab/drafts", "post"> = { title };
-    return this.call<Draft>("POST", "/v1/collab/drafts", body);
+    return this.call<Draft>("POST", "/v1/collab/drafts", body, "rate_limit_only");
   }
 
   async listDrafts(): Promise<Draft[]> {
@@ -91,12 +103,14 @@ export class CollabdClient {
 
   passRing(draftId: string, toUserId: string): Promise<Draft> {
     const body: Body<"/v1/collab/drafts/{id}/ring/pass", "post"> = { to_user_id: toUserId };
-    return this.call<Draft>("POST", `/v1/collab/drafts/${encodeURIComponent(draftId)}/ring/pass`, body);
+    const path = `/v1/collab/drafts/${encodeURIComponent(draftId)}/ring/pass`;
+    return this.call<Draft>("POST", path, body, "rate_limit_only");
   }
 
   addCollaborator(draftId: string, userId: string, role: Exclude<Role, "owner">): Promise<Draft> {
     const body: Body<"/v1/collab/drafts/{id}/collaborators", "post"> = { user_id: userId, role };
-    return this.call<Draft>("POST", `/v1/collab/drafts/${encodeURIComponent(draftId)}/collaborators`, body);
+    const path = `/v1/collab/drafts/${encodeURIComponent(draftId)}/collaborators`;
+    return this.call<Draft>("POST", path, body, "rate_limit_only");
   }
 
   /** Who may do what: the draft's collaborators. */
@@ -124,6 +138,10 @@ export class CollabdClient {
           return url.toString();
         },
         eventsAfter: (id, after) => this.listEvents(id, { after, limit: 1000 }),
+        probe: async (id) => {
+          await this.once("GET", `/v1/collab/drafts/${encodeURIComponent(id)}`);
+        },
+        now: () => Date.now(),
         WebSocket: WebSocketImpl,
         random: Math.random,
         setTimeout: (fn, ms) => setTimeout(fn, ms),
@@ -133,24 +151,34 @@ export class CollabdClient {
     );
   }
 
-  private async call<T>(method: string, path: string, body?: unknown): Promise<T> {
-    return (await this.send<T>(method, path, body)).value;
+  private async call<T>(method: string, path: string, body?: unknown, retry: Retry = "safe"): Promise<T> {
+    return (await this.send<T>(method, path, body, retry)).value;
   }
 
-  /** One request, retried while the failure is retryable (same body, same key). */
-  private async send<T>(method: string, path: string, body?: unknown): Promise<{ value: T; status: number }> {
+  /** One request, retried while the failure allows (same body, same key). */
+  private async send<T>(
+    method: string,
+    path: string,
+    body?: unknown,
+    retry: Retry = "safe",
+  ): Promise<{ value: T; status: number }> {
     for (let attempt = 0; ; attempt++) {
       try {
         return await this.once<T>(method, path, body);
       } catch (e) {
-        if (!(e instanceof CollabdError) || !e.retryable || attempt >= this.retries) throw e;
-        const backoff = Math.min(5_000, 100 * 2 ** attempt);
+        const again =
+          e instanceof CollabdError &&
+          attempt < this.retries &&
+          (retry === "safe" ? e.retryable : e.status === 429);
+        if (!again) throw e;
+        // Full jitter, but never sooner than the server asked.
+        const backoff = Math.random() * Math.min(5_000, 200 * 2 ** attempt);
         await new Promise((resolve) => setTimeout(resolve, Math.max(backoff, e.retryAfterMs ?? 0)));
       }
     }
   }
 
-  private async once<T>(method: string, path: string, body?: unknown): Promise<{ value: T; status: number }> {
+  private async once<T = unknown>(method: string, path: string, body?: unknown): Promise<{ value: T; status: number }> {
     const headers: Record<string, string> = {
       authorization: `Bearer ${await this.options.token()}`,
     };
@@ -161,6 +189,7 @@ export class CollabdClient {
         method,
         headers,
         body: body === undefined ? undefined : JSON.stringify(body),
+        signal: AbortSignal.timeout(this.timeoutMs),
       });
     } catch (e) {
       throw new CollabdError("network", `request failed: ${String(e)}`);

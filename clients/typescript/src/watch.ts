@@ -3,13 +3,17 @@
 // `since=<last seq>`, fills any gap from `GET /events`, drops duplicates,
 // backs off with jitter, and follows the server's close codes:
 //
-//   1001 going away (the replica drains)  -> reconnect at once (elsewhere)
+//   1001 going away (the replica drains)  -> reconnect soon (elsewhere), jittered
 //   1013 try again later (slow consumer, a backend out) -> reconnect, backing off
 //   1008 policy (forbidden, ws_limit, bad_message, ...) -> stop, surface the error
 //   anything else (network lost, replica died) -> reconnect, backing off
 //
-// The token callback is asked before every join, so an expired token is
-// replaced, never retried.
+// A refusal before the upgrade (a revoked collaborator, a deleted draft)
+// reaches a browser as a bare 1006; after a few joins that never got
+// `ready`, the watch asks the REST API, which answers with the reason, and
+// stops on 401/403/404. The backoff resets only after a socket stayed open a
+// while, so a client closed again and again backs off. The token callback
+// is asked before every join, so an expired token is replaced.
 
 import { CollabdError } from "./errors.js";
 import type { CollabEvent, ErrorFrame, ReadyFrame } from "./types.js";
@@ -42,6 +46,9 @@ export interface WatchOptions {
 export interface WatchDeps {
   socketUrl(draftId: string, since: number): Promise<string>;
   eventsAfter(draftId: string, after: number): Promise<CollabEvent[]>;
+  /** Asks the REST API about the draft; rejects with its refusal, if any. */
+  probe(draftId: string): Promise<void>;
+  now: () => number;
   WebSocket: WebSocketConstructor;
   random: () => number;
   setTimeout: (fn: () => void, ms: number) => unknown;
@@ -61,6 +68,13 @@ export type WebSocketConstructor = new (url: string) => SocketLike;
 
 export const DEFAULT_BACKOFF: Backoff = { initialMs: 250, maxMs: 30_000 };
 
+/** A socket that stayed open this long resets the backoff. */
+const STABLE_MS = 30_000;
+/** Joins in a row that never got `ready` before the watch asks the REST API why. */
+const PROBE_AFTER = 3;
+/** Refusals that no retry will change. */
+const PERMANENT = new Set([401, 403, 404]);
+
 /** Full jitter: a delay drawn from [0, min(max, initial * 2^attempt)). */
 export function backoffDelay(attempt: number, backoff: Backoff, random: () => number): number {
   const ceiling = Math.min(backoff.maxMs, backoff.initialMs * 2 ** Math.min(attempt, 30));
@@ -73,7 +87,13 @@ export class Watch {
   private current: ConnectionState = "connecting";
   private attempt = 0;
   private timer: unknown;
+  /** The pause of a gap fill that made no progress. */
+  private pause: unknown;
   private stopped = false;
+  /** When the current socket got `ready` (undefined: it has not). */
+  private openedAt: number | undefined;
+  /** Joins in a row that ended before `ready`. */
+  private unjoined = 0;
   /** Events that arrived ahead of a gap, by seq. */
   private readonly ahead = new Map<number, CollabEvent>();
   /** The gap fill in progress, if any: events are delivered in its turn. */
@@ -106,8 +126,21 @@ export class Watch {
     if (this.stopped) return;
     this.stopped = true;
     this.deps.clearTimeout(this.timer);
-    this.socket?.close(1000, "bye");
+    this.deps.clearTimeout(this.pause);
+    const socket = this.socket;
+    this.socket = undefined;
+    socket?.close(1000, "bye");
     this.setState("closed");
+  }
+
+  private fail(error: CollabdError): void {
+    this.stopped = true;
+    this.deps.clearTimeout(this.timer);
+    this.deps.clearTimeout(this.pause);
+    const socket = this.socket;
+    this.socket = undefined;
+    socket?.close(1000, "bye");
+    this.setState("failed", error);
   }
 
   private setState(state: ConnectionState, error?: CollabdError): void {
@@ -117,23 +150,28 @@ export class Watch {
 
   private async connect(): Promise<void> {
     if (this.stopped) return;
+    if (this.unjoined >= PROBE_AFTER && (await this.refusedForGood())) return;
     let url: string;
+    let socket: SocketLike;
     try {
       url = await this.deps.socketUrl(this.draftId, this.last);
-    } catch (e) {
-      // The token callback failed: try again later, as for a lost network.
-      return this.retry(false);
+      if (this.stopped) return;
+      socket = new this.deps.WebSocket(url);
+    } catch {
+      // The token callback failed, or the URL: try again later.
+      return this.retry("backoff");
     }
-    if (this.stopped) return;
-    const socket = new this.deps.WebSocket(url);
     this.socket = socket;
+    this.openedAt = undefined;
     let errorFrame: ErrorFrame | undefined;
     socket.onmessage = (ev) => {
       if (socket !== this.socket) return;
       const frame = parse(ev.data);
       if (frame === undefined) return;
+      if (this.stopped) return;
       if (frame.type === "ready") {
-        this.attempt = 0;
+        this.openedAt = this.deps.now();
+        this.unjoined = 0;
         this.setState("open");
         this.handlers.onReady?.(frame as unknown as ReadyFrame);
       } else if (frame.type === "error") {
@@ -161,36 +199,57 @@ export class Watch {
   /** What to do when the server (or the network) ended the socket. */
   private closed(code: number, errorFrame: ErrorFrame | undefined): void {
     if (code === 1008) {
-      const error = new CollabdError(
-        errorFrame?.code ?? "policy",
-        errorFrame?.message ?? "the server refused the socket",
+      return this.fail(
+        new CollabdError(errorFrame?.code ?? "policy", errorFrame?.message ?? "the server refused the socket"),
       );
-      this.stopped = true;
-      this.setState("failed", error);
-      return;
     }
-    // 1001: the replica drains; another one is ready at once.
-    this.retry(code === 1001);
+    if (this.openedAt === undefined) {
+      this.unjoined += 1;
+    } else if (this.deps.now() - this.openedAt >= STABLE_MS) {
+      this.attempt = 0;
+    }
+    // 1001: the replica drains; another one is ready now (spread the herd).
+    this.retry(code === 1001 ? "soon" : "backoff");
   }
 
-  private retry(now: boolean): void {
+  private retry(how: "soon" | "backoff"): void {
     if (this.stopped) return;
     this.setState("reconnecting");
-    const delay = now ? 0 : backoffDelay(this.attempt, this.backoff, this.deps.random);
+    const delay =
+      how === "soon"
+        ? Math.floor(this.deps.random() * this.backoff.initialMs)
+        : backoffDelay(this.attempt, this.backoff, this.deps.random);
     this.attempt += 1;
     this.timer = this.deps.setTimeout(() => void this.connect(), delay);
+  }
+
+  /** Asks the REST API why joins keep failing; true when it refused for good. */
+  private async refusedForGood(): Promise<boolean> {
+    try {
+      await this.deps.probe(this.draftId);
+    } catch (e) {
+      if (e instanceof CollabdError && PERMANENT.has(e.status) && !this.stopped) {
+        this.fail(e);
+        return true;
+      }
+    }
+    return this.stopped;
   }
 
   /** One event from the socket: delivered, held ahead of a gap, or dropped. */
   private receive(event: CollabEvent): void {
     if (event.seq <= this.last) return;
     this.ahead.set(event.seq, event);
-    if (this.filling === undefined) this.drain();
+    this.drain();
   }
 
-  /** Delivers held events while they continue the log; at a gap, fills it. */
+  /**
+   * Delivers held events while they continue the log (even while a gap
+   * fill waits on the log: a replay over a new socket may close the gap
+   * first); at a gap, starts the one fill.
+   */
   private drain(): void {
-    for (;;) {
+    while (!this.stopped) {
       const next = this.ahead.get(this.last + 1);
       if (next !== undefined) {
         this.ahead.delete(next.seq);
@@ -198,8 +257,7 @@ export class Watch {
         continue;
       }
       for (const seq of this.ahead.keys()) if (seq <= this.last) this.ahead.delete(seq);
-      if (this.ahead.size === 0) return;
-      if (this.stopped) return;
+      if (this.ahead.size === 0 || this.filling !== undefined) return;
       this.filling = this.fill().finally(() => {
         this.filling = undefined;
         this.drain();
@@ -210,27 +268,30 @@ export class Watch {
 
   /** Reads the missing events from the log until the gap is closed. */
   private async fill(): Promise<void> {
-    const until = Math.min(...this.ahead.keys());
-    while (!this.stopped && this.last + 1 < until) {
+    let failures = 0;
+    while (!this.stopped && this.ahead.size > 0 && !this.ahead.has(this.last + 1)) {
       const before = this.last;
       try {
         const events = await this.deps.eventsAfter(this.draftId, this.last);
         for (const event of events) {
-          if (event.seq === this.last + 1 && event.seq < until) this.deliver(event);
+          if (this.stopped) return;
+          if (event.seq === this.last + 1) this.deliver(event);
         }
-      } catch {
-        // The store or the network is out: the pause below, then again.
+      } catch (e) {
+        if (e instanceof CollabdError && PERMANENT.has(e.status)) return this.fail(e);
       }
       if (this.last === before) {
         // No progress: the log does not answer, or does not hold them yet.
-        await new Promise<void>((resolve) =>
-          this.deps.setTimeout(resolve, backoffDelay(1, this.backoff, this.deps.random)),
-        );
+        failures += 1;
+        await new Promise<void>((resolve) => {
+          this.pause = this.deps.setTimeout(resolve, backoffDelay(failures, this.backoff, this.deps.random));
+        });
       }
     }
   }
 
   private deliver(event: CollabEvent): void {
+    if (this.stopped) return;
     this.last = event.seq;
     this.handlers.onEvent(event);
   }

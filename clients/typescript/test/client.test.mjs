@@ -68,3 +68,10 @@ test("the token callback is asked for every request", async () => {
   await client.listDrafts();
   assert.deepEqual(calls.map((c) => c.init.headers.authorization), ["Bearer t1", "Bearer t2"]);
 });
+
+test("a create whose answer was lost is not sent again: it may have happened", async () => {
+  const { calls, fetch } = scripted([new TypeError("fetch failed")]);
+  const client = new CollabdClient({ baseUrl: "http://api", token: () => "t", fetch });
+  await assert.rejects(client.createDraft("Plan"), (e) => e.code === "network");
+  assert.equal(calls.length, 1);
+});

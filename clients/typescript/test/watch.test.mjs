@@ -3,7 +3,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 
-import { Watch, backoffDelay } from "../dist/src/index.js";
+import { CollabdError, Watch, backoffDelay } from "../dist/src/index.js";
 
 const DRAFT = "00000000-0000-0000-0000-000000000001";
 
@@ -12,9 +12,10 @@ function event(seq) {
 }
 
 /** A fake world: sockets the test drives, a log, and timers it runs by hand. */
-function world({ log = [], random = () => 0.5 } = {}) {
+function world({ log = [], random = () => 0.5, probe = async () => {} } = {}) {
   const sockets = [];
   const timers = [];
+  const clock = { now: 0 };
   const urls = [];
   class FakeSocket {
     constructor(url) {
@@ -46,6 +47,8 @@ function world({ log = [], random = () => 0.5 } = {}) {
       return `ws://test/?since=${since}`;
     },
     eventsAfter: async (_id, after) => log.filter((e) => e.seq > after),
+    probe,
+    now: () => clock.now,
     WebSocket: FakeSocket,
     random,
     setTimeout: (fn, ms) => {
@@ -54,7 +57,7 @@ function world({ log = [], random = () => 0.5 } = {}) {
     },
     clearTimeout: () => {},
   };
-  return { sockets, timers, urls, deps, log };
+  return { sockets, timers, urls, deps, log, clock };
 }
 
 /** Lets pending promises (token callback, log reads) run. */
@@ -143,9 +146,16 @@ test("backoff doubles up to its ceiling and resets once joined", async () => {
     await settle();
   }
   assert.deepEqual(w.timers.map((t) => t.ms), [99, 199, 399, 799, 999, 999]);
+  // A socket that stayed open a while resets the backoff; a short one does not.
   w.sockets.at(-1).ready(0);
+  w.clock.now += 30_000;
   w.sockets.at(-1).end(1006);
   assert.equal(w.timers.at(-1).ms, 99);
+  w.timers.at(-1).fn();
+  await settle();
+  w.sockets.at(-1).ready(0);
+  w.sockets.at(-1).end(1013, "slow_consumer");
+  assert.equal(w.timers.at(-1).ms, 199, "closed at once again: the backoff grows");
   assert.equal(backoffDelay(40, { initialMs: 100, maxMs: 1000 }, () => 1), 1000);
 });
 
@@ -155,7 +165,7 @@ test("1001 (the replica drains) reconnects at once; 1013 backs off", async () =>
   await settle();
   w.sockets[0].ready(0);
   w.sockets[0].end(1001, "shutdown");
-  assert.equal(w.timers[0].ms, 0);
+  assert.equal(w.timers[0].ms, 50, "soon: random 0.5 of the initial 100 ms");
   w.timers[0].fn();
   await settle();
   w.sockets[1].end(1013, "slow_consumer");
@@ -208,4 +218,59 @@ test("a handshake that fails with an error and no close event is retried", async
   await settle();
   w.sockets[1].ready(0);
   assert.deepEqual(states, ["reconnecting", "open"]);
+});
+
+test("joins refused before the upgrade are asked about, and a 403 stops the watch", async () => {
+  let probes = 0;
+  const w = world({
+    probe: async () => {
+      probes += 1;
+      throw new CollabdError("forbidden", "you are not a collaborator", 403);
+    },
+  });
+  const { watch, states } = watching(w);
+  for (let i = 0; i < 3; i++) {
+    await settle();
+    w.sockets.at(-1).end(1006); // a browser sees a refused upgrade as this
+    w.timers.at(-1).fn();
+  }
+  await settle();
+  await settle();
+  assert.equal(probes, 1);
+  assert.equal(watch.state, "failed");
+  assert.equal(states.at(-1), "failed:forbidden");
+  assert.equal(w.sockets.length, 3, "no fourth join");
+});
+
+test("nothing is delivered after close(), from the socket or from a gap fill", async () => {
+  let release;
+  const w = world();
+  w.deps.eventsAfter = () => new Promise((resolve) => (release = resolve));
+  const { watch, seen } = watching(w);
+  await settle();
+  w.sockets[0].ready(0);
+  w.sockets[0].send(event(1));
+  w.sockets[0].send(event(3)); // a gap: the fill waits on the log
+  await settle();
+  watch.close();
+  release([event(2), event(3)]);
+  await settle();
+  w.sockets[0].send(event(4));
+  assert.deepEqual(seen, [1]);
+  assert.equal(watch.state, "closed");
+});
+
+test("a replay over the new socket closes a gap the log has not answered yet", async () => {
+  const w = world();
+  w.deps.eventsAfter = () => new Promise(() => {}); // the log hangs
+  const { seen } = watching(w);
+  await settle();
+  w.sockets[0].ready(0);
+  w.sockets[0].send(event(1));
+  w.sockets[0].send(event(3));
+  await settle();
+  assert.deepEqual(seen, [1]);
+  w.sockets[0].send(event(2)); // arrives late over the socket
+  await settle();
+  assert.deepEqual(seen, [1, 2, 3]);
 });

@@ -7,7 +7,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 
-use super::within;
+/// A browser starting, or a page reaching a state through faults, takes
+/// longer than a plain wait on a loaded machine.
+const NODE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub struct NodeScript {
     lines: mpsc::UnboundedReceiver<String>,
@@ -52,7 +54,10 @@ impl NodeScript {
 
     /// The next line the script prints.
     pub async fn next_line(&mut self) -> String {
-        within(self.lines.recv()).await.expect("the script exited")
+        tokio::time::timeout(NODE_DEADLINE, self.lines.recv())
+            .await
+            .expect("timed out waiting for the script")
+            .expect("the script exited")
     }
 
     /// The rest of the next line that starts with `prefix ` (others skipped).
