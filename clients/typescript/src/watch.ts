@@ -123,24 +123,22 @@ export class Watch {
 
   /** Stops watching: closes the socket, cancels any reconnect. */
   close(): void {
-    if (this.stopped) return;
-    this.stopped = true;
-    this.deps.clearTimeout(this.timer);
-    this.deps.clearTimeout(this.pause);
-    const socket = this.socket;
-    this.socket = undefined;
-    socket?.close(1000, "bye");
-    this.setState("closed");
+    if (!this.stopped) this.stop("closed");
   }
 
   private fail(error: CollabdError): void {
+    this.stop("failed", error);
+  }
+
+  /** The one way a watch ends: nothing runs or arrives after it. */
+  private stop(state: "closed" | "failed", error?: CollabdError): void {
     this.stopped = true;
     this.deps.clearTimeout(this.timer);
     this.deps.clearTimeout(this.pause);
     const socket = this.socket;
     this.socket = undefined;
     socket?.close(1000, "bye");
-    this.setState("failed", error);
+    this.setState(state, error);
   }
 
   private setState(state: ConnectionState, error?: CollabdError): void {
