@@ -14,15 +14,6 @@ use collabd::adapters::postgres::migrate::{migrate, MigrateError, MIGRATIONS};
 use collabd::adapters::postgres::{pool, PoolSettings};
 use serde_json::json;
 
-fn seqs_of(reply: &Reply) -> Vec<u64> {
-    reply.body["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["seq"].as_u64().unwrap())
-        .collect()
-}
-
 /// Several replicas on one database are a cluster: they share Redis.
 fn in_cluster(prefix: &TestPrefix) -> impl Fn(&mut collabd::config::Config) + '_ {
     |c| {

@@ -187,12 +187,7 @@ impl Api {
             )
             .await;
         assert_eq!(reply.status, 200, "{}", reply.body);
-        reply.body["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["seq"].as_u64().unwrap())
-            .collect()
+        seqs_of(&reply)
     }
 
     pub fn ws_url(&self, draft: &str, query: &str) -> String {
@@ -303,6 +298,16 @@ async fn serve(config: Config, backends: Backends, audit: Arc<MemoryAudit>) -> T
         stop: Some(stop),
         server: Some(server),
     }
+}
+
+/// The seqs of a list answer's items, in order.
+pub fn seqs_of(reply: &Reply) -> Vec<u64> {
+    reply.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect()
 }
 
 /// A response, read whole: status, headers and JSON body.
