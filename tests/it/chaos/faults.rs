@@ -157,11 +157,13 @@ struct Slot {
     unroute: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// Fields drop in order: the replicas (in their slots) go before the
+/// cluster's schema and prefix are cleaned up.
 pub struct Topology {
+    slots: Vec<Slot>,
     pub cluster: Cluster,
     pub routes: Routes,
     redis: PrivateRedis,
-    slots: Vec<Slot>,
 }
 
 impl Topology {

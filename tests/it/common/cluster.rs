@@ -92,11 +92,14 @@ impl std::ops::Deref for Replica {
     }
 }
 
+/// Fields drop in order: the replicas are killed before their schema and
+/// Redis prefix are cleaned up, so none renews a lease into a prefix that
+/// was just deleted.
 pub struct Cluster {
+    pub replicas: Vec<Replica>,
     pub db: Arc<TestDb>,
     pub prefix: TestPrefix,
     pub redis_url: String,
-    pub replicas: Vec<Replica>,
     env: Vec<(String, String)>,
 }
 
