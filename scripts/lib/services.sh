@@ -1,7 +1,8 @@
-# Shared by scripts/test and scripts/cluster: make sure a Postgres, a Redis
-# and the tools they use are there, starting private servers (and installing
-# Debian's packages, as root) only when nothing is reachable. Never stops,
-# flushes or reconfigures a server it did not start.
+# Shared by the scripts (test, cluster, demo, schemathesis): make sure a
+# Postgres, a Redis, the tools they use and the TypeScript client's packages
+# are there, starting private servers (and installing Debian's packages, as
+# root) only when nothing is reachable. Never stops, flushes or reconfigures
+# a server it did not start.
 # Source it: it defines functions and three constants, and runs nothing.
 
 PRIVATE_PG_PORT=55432
@@ -83,4 +84,15 @@ redis_server_url() { # [private: 1 skips the local server]
         fi
         echo "redis://127.0.0.1:$PRIVATE_REDIS_PORT/0"
     fi
+}
+
+client_packages() { # the TypeScript client's packages, from its lockfile
+    # Installed when missing, and again whenever the lockfile changed since.
+    (
+        cd clients/typescript
+        if [ ! -f node_modules/.package-lock.json ] \
+            || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+            npm ci --no-audit --no-fund --loglevel=error
+        fi
+    )
 }

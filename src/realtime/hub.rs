@@ -15,9 +15,9 @@
 //! seen only when a later event arrives, and a draft that goes quiet right
 //! after a fault has none. So a joining socket always gets the store's head
 //! (the room catches up first; joins that queue meanwhile share the next
-//! read, so a reconnect storm costs a room a query or two), and every `ROOM_HEAD_CHECK_SECONDS` the hub
-//! asks the store for the heads of all its rooms in one query and wakes any
-//! room that is behind.
+//! read, so a reconnect storm costs a room a query or two), and every
+//! `ROOM_HEAD_CHECK_SECONDS` the hub asks the store for the heads of all
+//! its rooms in one query and wakes any room that is behind.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -282,22 +282,19 @@ impl Room {
             tracing::warn!(error.message = %e, "room subscribe failed");
         }
         let _ = self.load_head().await;
+        // A message taken off the queue while batching joins, handled next.
+        let mut carried = None;
         loop {
-            let msg = tokio::select! {
-                msg = rx.recv() => msg,
-                _ = tokio::time::sleep(GAP_RETRY), if self.retry_gap => Some(RoomMsg::Resync),
+            let msg = match carried.take() {
+                Some(msg) => Some(msg),
+                None => tokio::select! {
+                    msg = rx.recv() => msg,
+                    _ = tokio::time::sleep(GAP_RETRY), if self.retry_gap => Some(RoomMsg::Resync),
+                },
             };
             match msg {
                 None | Some(RoomMsg::Stop) => break,
-                Some(RoomMsg::Join { member, reply }) => {
-                    let after = self.admit_queued_joins(member, reply, &mut rx).await;
-                    match after {
-                        None => {}
-                        Some(RoomMsg::Stop) => break,
-                        Some(msg) => self.handle(msg).await,
-                    }
-                }
-                Some(msg) => self.handle(msg).await,
+                Some(msg) => carried = self.handle(msg, &mut rx).await,
             }
             if self.lagged.swap(false, Ordering::AcqRel) {
                 self.catch_up().await;
@@ -308,13 +305,17 @@ impl Room {
         }
     }
 
-    async fn handle(&mut self, msg: RoomMsg) {
+    /// One message; a join may take the joins queued behind it, and then
+    /// returns the next other message it took off the queue.
+    async fn handle(&mut self, msg: RoomMsg, rx: &mut mpsc::Receiver<RoomMsg>) -> Option<RoomMsg> {
         match msg {
             RoomMsg::Deliver(event) => {
                 self.hold(event);
                 self.advance().await;
             }
-            RoomMsg::Join { member, reply } => self.admit(vec![(member, reply)]).await,
+            RoomMsg::Join { member, reply } => {
+                return self.admit_queued_joins(member, reply, rx).await;
+            }
             RoomMsg::Leave(id) => {
                 self.members.remove(&id);
             }
@@ -330,12 +331,13 @@ impl Room {
             }
             RoomMsg::Stop => {}
         }
+        None
     }
 
     /// Admits this join and every other one already queued behind it on
     /// one read of the store (a reconnect storm costs one query, not one
     /// per socket). Returns the first other message taken off the queue,
-    /// for the caller to handle next.
+    /// for the room to handle next.
     async fn admit_queued_joins(
         &mut self,
         member: Member,

@@ -63,6 +63,15 @@ function world({ log = [], random = () => 0.5, probe = async () => {} } = {}) {
 /** Lets pending promises (token callback, log reads) run. */
 const settle = () => new Promise((resolve) => setImmediate(resolve));
 
+/** The first socket joins and gets 1, then 3: 2 is missing. */
+async function joinedWithAGap(w) {
+  await settle();
+  w.sockets[0].ready(0);
+  w.sockets[0].send(event(1));
+  w.sockets[0].send(event(3));
+  await settle();
+}
+
 function watching(w, options) {
   const seen = [];
   const states = [];
@@ -102,11 +111,7 @@ test("a gap is filled from the log before later events are delivered", async () 
 test("a gap the log cannot fill yet is retried after a pause, never skipped", async () => {
   const w = world({ log: [event(1)] });
   const { seen } = watching(w);
-  await settle();
-  w.sockets[0].ready(0);
-  w.sockets[0].send(event(1));
-  w.sockets[0].send(event(3));
-  await settle();
+  await joinedWithAGap(w);
   assert.deepEqual(seen, [1], "3 waits for 2");
   assert.equal(w.timers.length, 1, "a retry is scheduled");
   w.log.push(event(2));
@@ -247,11 +252,7 @@ test("nothing is delivered after close(), from the socket or from a gap fill", a
   const w = world();
   w.deps.eventsAfter = () => new Promise((resolve) => (release = resolve));
   const { watch, seen } = watching(w);
-  await settle();
-  w.sockets[0].ready(0);
-  w.sockets[0].send(event(1));
-  w.sockets[0].send(event(3)); // a gap: the fill waits on the log
-  await settle();
+  await joinedWithAGap(w); // the fill waits on the log
   watch.close();
   release([event(2), event(3)]);
   await settle();
@@ -264,11 +265,7 @@ test("a replay over the new socket closes a gap the log has not answered yet", a
   const w = world();
   w.deps.eventsAfter = () => new Promise(() => {}); // the log hangs
   const { seen } = watching(w);
-  await settle();
-  w.sockets[0].ready(0);
-  w.sockets[0].send(event(1));
-  w.sockets[0].send(event(3));
-  await settle();
+  await joinedWithAGap(w);
   assert.deepEqual(seen, [1]);
   w.sockets[0].send(event(2)); // arrives late over the socket
   await settle();
