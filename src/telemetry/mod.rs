@@ -134,11 +134,19 @@ fn provider(settings: &TraceSettings) -> Result<SdkTracerProvider, String> {
     Ok(builder.build())
 }
 
+/// Log directives that always apply, whatever `LOG_LEVEL` says.
+const QUIET_DEPENDENCIES: &str = "opentelemetry=warn,opentelemetry_sdk=warn,opentelemetry_otlp=warn,\
+hyper=warn,hyper_util=warn,reqwest=warn,tokio_postgres=warn,tungstenite=info,tokio_tungstenite=info";
+
 /// Installs the global subscriber (and the tracer, when tracing is on).
 /// Call once, from `main`.
 pub fn init(format: LogFormat, filter: &str, traces: &TraceSettings) -> TelemetryGuard {
-    // The exporter's own HTTP client must not trace (or log) itself.
-    let filter = format!("{filter},opentelemetry=warn,opentelemetry_sdk=warn,opentelemetry_otlp=warn,hyper=warn,hyper_util=warn,reqwest=warn");
+    // Appended, so they win over LOG_LEVEL: the exporter's own HTTP client
+    // must not trace (or log) itself; tokio_postgres prints every
+    // statement's parameters at debug and tungstenite every frame's payload
+    // at trace (segment content, idempotency keys: never logged, at any
+    // level), and tokio_postgres the server's NOTICEs at info.
+    let filter = format!("{filter},{QUIET_DEPENDENCIES}");
     let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()

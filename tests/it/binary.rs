@@ -9,24 +9,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_collabd");
 const SECRET: &str = "a-production-secret-of-at-least-32-bytes!";
 const DEADLINE: Duration = Duration::from_secs(15);
 
-/// A `collabd` command with none of the caller's collabd settings.
+/// A `collabd` command with none of the caller's environment.
 fn collabd() -> Command {
-    let mut cmd = Command::new(BIN);
-    for var in [
-        "APP_ENV",
-        "AUTH_JWT_SECRET",
-        "PORT",
-        "HOST",
-        "LOG_FORMAT",
-        "LOG_LEVEL",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd
+    crate::common::collabd_command()
 }
 
 fn stderr_of(cmd: &mut Command) -> (bool, String) {
@@ -291,5 +279,39 @@ fn a_taken_port_is_named_in_one_line() {
     assert!(
         stderr.contains("METRICS_ADDR") && stderr.contains(&addr),
         "{stderr}"
+    );
+}
+
+/// docs/CLUSTER.md: at start-up, an unreachable Redis stops the replica with
+/// one line naming the variable and the address (without its password).
+#[tokio::test]
+async fn an_unreachable_redis_stops_the_start_with_one_line() {
+    let db = crate::common::pg::TestDb::create().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let mut cmd = tokio::process::Command::from(collabd());
+    let output = cmd
+        .env("DATABASE_URL", db.url())
+        .env("REDIS_URL", format!("redis://:hunter2@{addr}/0"))
+        .env("REDIS_KEY_PREFIX", crate::common::redis::unique_prefix())
+        .env("PORT", "0")
+        .env("METRICS_ADDR", "127.0.0.1:0")
+        .env("LOG_FORMAT", "json")
+        .output();
+    let output = tokio::time::timeout(DEADLINE, output)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("REDIS_URL") && stderr.contains(&addr.to_string()),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("hunter2"),
+        "the password was printed: {stderr}"
     );
 }

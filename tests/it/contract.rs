@@ -22,7 +22,7 @@ async fn the_served_printed_and_committed_openapi_documents_agree() {
         "application/json"
     );
     let served = served.text().await.unwrap();
-    let printed = std::process::Command::new(env!("CARGO_BIN_EXE_collabd"))
+    let printed = crate::common::collabd_command()
         .arg("openapi")
         .output()
         .unwrap();

@@ -38,7 +38,7 @@ fn tool(program: &str, args: &[&str], dir: &Path) {
 
 /// Every environment variable `collabd serve` reads.
 fn known_variables() -> BTreeSet<String> {
-    let output = Command::new(env!("CARGO_BIN_EXE_collabd"))
+    let output = crate::common::collabd_command()
         .args(["serve", "--help"])
         .output()
         .unwrap();
@@ -426,8 +426,13 @@ impl Drop for Running {
             .arg("stop")
             .env("CLUSTER_DIR", &self.dir)
             .output();
-        // The replicas' and nginx's logs stay for a failed test to show.
-        if !std::thread::panicking() {
+        // A failed test keeps the replicas' and nginx's logs to show, and
+        // nothing else: not the JWT secret, not Prometheus's data.
+        if std::thread::panicking() {
+            let _ = std::fs::remove_file(self.dir.join("secret"));
+            let _ = std::fs::remove_dir_all(self.dir.join("prometheus-data"));
+            eprintln!("scripts/cluster logs kept in {}", self.dir.display());
+        } else {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
@@ -460,6 +465,8 @@ async fn scripts_cluster_serves_clients_through_nginx_and_prometheus_sees_every_
     let secret = "cluster-script-test-secret-of-32-bytes!";
     let output = tokio::process::Command::new(root().join("scripts/cluster"))
         .arg("start")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("CLUSTER_DIR", &dir)
         .env("API_BASE_PORT", ports(0))
         .env("METRICS_BASE_PORT", ports(3))

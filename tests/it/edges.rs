@@ -138,7 +138,7 @@ fn now() -> u64 {
         .as_secs()
 }
 
-async fn tokens_need_only_sub_and_exp_and_honour_nbf(kind: Kind) {
+async fn tokens_need_only_sub_and_exp_and_honour_their_times(kind: Kind) {
     let app = spawn_app(kind).await;
     let call = |claims: Value| {
         let app = &app;
@@ -169,6 +169,17 @@ async fn tokens_need_only_sub_and_exp_and_honour_nbf(kind: Kind) {
     );
     let no_exp = call(json!({ "sub": "alice" })).await;
     assert_eq!((no_exp.status, no_exp.code()), (401, "unauthorized"));
+    // Expired beyond the leeway: refused, and told why.
+    let expired = call(json!({ "sub": "alice", "exp": now() - 60 })).await;
+    assert_eq!((expired.status, expired.code()), (401, "unauthorized"));
+    assert!(
+        expired.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("expired"),
+        "{}",
+        expired.body
+    );
 }
 
 async fn a_declared_length_over_the_limit_is_refused_at_once(kind: Kind) {
@@ -285,7 +296,7 @@ async fn idle_connections_are_kept_for_the_keep_alive_timeout_only(kind: Kind) {
 
 conformance!(
     nul_is_refused_in_every_text_field,
-    tokens_need_only_sub_and_exp_and_honour_nbf,
+    tokens_need_only_sub_and_exp_and_honour_their_times,
     a_declared_length_over_the_limit_is_refused_at_once,
     a_body_that_trickles_is_refused_after_the_body_timeout,
     a_body_slower_than_the_head_timeout_is_still_served,

@@ -28,7 +28,8 @@ async fn the_lua_script_and_the_rust_gcra_agree() {
     let limiter = limiter(&prefix).await;
     let redis = client(&base_url()).await;
     let mut rng = fastrand::Rng::with_seed(0x5eed);
-    let mut compared = 0;
+    // Decisions compared, by outcome: [allowed, limited].
+    let mut outcomes = [0u32; 2];
     for case in 0..150 {
         let policy = RatePolicy {
             name: "t",
@@ -79,10 +80,15 @@ async fn the_lua_script_and_the_rust_gcra_agree() {
             }
             // Real time must not expire what the simulated clock still needs.
             let _: bool = redis.persist(&redis_key).await.unwrap();
-            compared += 1;
+            outcomes[lua[0] as usize] += 1;
         }
     }
-    assert_eq!(compared, 150 * 40);
+    // The random walk reached both answers often, or the agreement above
+    // says little about one of them.
+    assert!(
+        outcomes.iter().all(|&n| n >= 600),
+        "allowed/limited decisions compared: {outcomes:?}"
+    );
 }
 
 #[tokio::test]

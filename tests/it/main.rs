@@ -1,7 +1,7 @@
 //! The integration tests, one binary (one link step): the REST and WebSocket
-//! contracts on both adapter sets, Postgres, the cluster of replica
-//! processes, metrics, the deploy files, the built binary, and the shape of
-//! the code. `tests/memory.rs` stays a binary of its own: it counts every
+//! contracts on every adapter set (memory, Postgres, Postgres + Redis),
+//! Postgres, the cluster of replica processes and its outages, metrics, the
+//! deploy files, the built binary, and the shape of the code. `tests/memory.rs` stays a binary of its own: it counts every
 //! byte its process allocates.
 
 #[macro_use]
@@ -20,5 +20,6 @@ mod edges;
 mod gcra_lua;
 mod layers;
 mod metrics;
+mod outages;
 mod postgres;
 mod ws;

@@ -232,7 +232,7 @@ async fn the_documented_catalog_is_the_code_catalog_and_covers_live_names() {
         documented, coded,
         "docs/METRICS.md and src/telemetry/metrics.rs disagree"
     );
-    for kind in [Kind::Memory, Kind::Postgres] {
+    for kind in [Kind::Memory, Kind::Postgres, Kind::Cluster] {
         let app = spawn_app(kind).await;
         app.create_draft("alice", "Named").await;
         let live = names(&app.scrape().await);

@@ -216,8 +216,9 @@ async fn three_replicas_migrating_at_once_apply_each_migration_once() {
     assert_eq!(db.count("schema_migrations").await, all.len() as i64);
 }
 
-#[tokio::test]
-async fn a_schema_newer_than_the_binary_is_refused() {
+/// A migrated schema whose migration records `tamper` then changes, and
+/// what migrating it again says.
+async fn migrate_after(tamper: &str) -> (Arc<TestDb>, Result<Vec<i32>, MigrateError>) {
     let db = TestDb::create().await;
     let settings = PoolSettings {
         url: db.url(),
@@ -226,22 +227,25 @@ async fn a_schema_newer_than_the_binary_is_refused() {
     };
     let pool = pool(&settings).unwrap();
     migrate(&pool).await.unwrap();
-    db.client()
-        .await
-        .execute(
-            "INSERT INTO schema_migrations (version, name, checksum) VALUES (999, '0999_future', 'x')",
-            &[],
-        )
-        .await
-        .unwrap();
-    match migrate(&pool).await {
+    db.client().await.execute(tamper, &[]).await.unwrap();
+    let again = migrate(&pool).await;
+    (db, again)
+}
+
+#[tokio::test]
+async fn a_schema_newer_than_the_binary_is_refused() {
+    let (db, again) = migrate_after(
+        "INSERT INTO schema_migrations (version, name, checksum) VALUES (999, '0999_future', 'x')",
+    )
+    .await;
+    match again {
         Err(MigrateError::SchemaNewer { database: 999, .. }) => {}
         other => panic!("expected SchemaNewer, got {other:?}"),
     }
 
     // The binary says so in one line and does not start.
     // Async: the test's own runtime must keep serving its pool meanwhile.
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_collabd"))
+    let output = tokio::process::Command::from(collabd_command())
         .env("DATABASE_URL", db.url())
         .env("PORT", "0")
         .env("METRICS_ADDR", "127.0.0.1:0")
@@ -254,10 +258,27 @@ async fn a_schema_newer_than_the_binary_is_refused() {
 }
 
 #[tokio::test]
+async fn an_edited_migration_is_refused_by_its_checksum() {
+    // As if 0001 had been applied from a different text than this binary's.
+    let (_db, again) = migrate_after(
+        "UPDATE schema_migrations SET checksum = '0000000000000000' WHERE version = 1",
+    )
+    .await;
+    match again {
+        Err(MigrateError::Edited {
+            version: 1,
+            applied,
+            ..
+        }) => assert_eq!(applied, "0000000000000000"),
+        other => panic!("expected Edited, got {other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn collabd_migrate_applies_the_schema_and_is_idempotent() {
     let db = TestDb::create().await;
     for expected in ["[1]", "[]"] {
-        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_collabd"))
+        let output = tokio::process::Command::from(collabd_command())
             .args(["migrate"])
             .env("DATABASE_URL", db.url())
             .output()

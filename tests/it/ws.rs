@@ -176,6 +176,33 @@ async fn browsers_authenticate_with_access_token(kind: Kind) {
     assert_eq!(ws.next_json().await["type"], "ready");
 }
 
+/// docs/API.md: the `Authorization` header wins when both are present.
+async fn the_authorization_header_wins_over_access_token(kind: Kind) {
+    let app = spawn_app(kind).await;
+    let id = app.create_draft("alice", "Both").await;
+    let with_both = |header: String, query: String| {
+        let mut request = app
+            .ws_url(&id, &format!("?access_token={query}"))
+            .into_client_request()
+            .unwrap();
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {header}").parse().unwrap());
+        WsClient::try_connect(request)
+    };
+    // A good header and a bad query token: served.
+    let mut served = with_both(app.token("alice"), "not.a.jwt".into())
+        .await
+        .unwrap();
+    assert_eq!(served.next_json().await["type"], "ready");
+    // A bad header and a good query token: refused before the upgrade.
+    match with_both("not.a.jwt".into(), app.token("alice")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
+        Err(other) => panic!("refused with something other than a 401: {other}"),
+        Ok(_) => panic!("the query token won over a bad header"),
+    }
+}
+
 async fn a_non_collaborator_is_told_forbidden_and_closed_1008(kind: Kind) {
     let app = spawn_app(kind).await;
     let id = app.create_draft("alice", "Private").await;
@@ -272,6 +299,9 @@ async fn origins_outside_the_allow_list_are_refused(kind: Kind) {
     }
     let mut ok = connect("https://app.example").await.unwrap();
     assert_eq!(ok.next_json().await["type"], "ready");
+    // Non-browsers send no Origin, and are not checked.
+    let (_, ready) = app.ws("alice", &id, None).await;
+    assert_eq!(ready["type"], "ready");
 }
 
 async fn a_client_that_never_reads_is_closed_as_slow_consumer_while_others_keep_receiving(
@@ -318,6 +348,16 @@ async fn a_client_that_never_reads_is_closed_as_slow_consumer_while_others_keep_
     assert_eq!(got, (1..=got.len() as u64).collect::<Vec<_>>());
     assert_eq!(closed.error_code.as_deref(), Some("slow_consumer"));
     assert_eq!(closed.close_code, Some(1013));
+
+    // As the close tells it to, it reconnects with `since` and gets exactly
+    // what it missed.
+    let last = got.len() as u64;
+    let (mut resumed, ready) = app.ws("alice", &id, Some(last)).await;
+    assert_eq!(ready["seq"], total);
+    assert_eq!(
+        resumed.next_seqs((total - last) as usize).await,
+        (last + 1..=total).collect::<Vec<_>>()
+    );
 }
 
 async fn shutdown_closes_sockets_with_1001_and_refuses_new_ones(kind: Kind) {
@@ -369,6 +409,7 @@ conformance!(
     reconnecting_with_since_gets_exactly_the_missed_events,
     bad_upgrades_are_refused_with_the_envelope_before_the_socket_opens,
     browsers_authenticate_with_access_token,
+    the_authorization_header_wins_over_access_token,
     a_non_collaborator_is_told_forbidden_and_closed_1008,
     ping_gets_pong_and_bad_messages_close_1008,
     an_oversized_frame_closes_1008_payload_too_large,
@@ -522,9 +563,30 @@ struct GatedStore {
     reads: AtomicUsize,
     /// Event reads waiting at the gate now.
     held: AtomicUsize,
+    /// Event reads fail, as when the database is unreachable.
+    failing: AtomicBool,
 }
 
 impl GatedStore {
+    fn new() -> GatedStore {
+        GatedStore {
+            inner: MemoryStore::new(),
+            closed: Default::default(),
+            opened: Default::default(),
+            reads: Default::default(),
+            held: Default::default(),
+            failing: Default::default(),
+        }
+    }
+
+    /// An app served from this store.
+    async fn serve(self: &Arc<Self>) -> TestApp {
+        let audit = Arc::new(MemoryAudit::new());
+        let mut backends = Backends::memory(audit.clone());
+        backends.store = self.clone();
+        spawn_with_backends(|_| {}, backends, audit).await
+    }
+
     fn close(&self) {
         self.closed.store(true, SeqCst);
     }
@@ -559,6 +621,9 @@ impl Store for GatedStore {
     }
     async fn events(&self, id: Uuid, page: Page) -> Result<Vec<Event>> {
         self.reads.fetch_add(1, SeqCst);
+        if self.failing.load(SeqCst) {
+            return Err(collabd::error::Error::unavailable("the store is down"));
+        }
         if self.closed.load(SeqCst) {
             let opened = self.opened.notified();
             self.held.fetch_add(1, SeqCst);
@@ -594,17 +659,8 @@ impl Store for GatedStore {
 /// room, not one per socket.
 #[tokio::test]
 async fn joins_queued_behind_a_store_read_are_admitted_on_one_read() {
-    let store = Arc::new(GatedStore {
-        inner: MemoryStore::new(),
-        closed: Default::default(),
-        opened: Default::default(),
-        reads: Default::default(),
-        held: Default::default(),
-    });
-    let audit = Arc::new(MemoryAudit::new());
-    let mut backends = Backends::memory(audit.clone());
-    backends.store = store.clone();
-    let app = spawn_with_backends(|_| {}, backends, audit).await;
+    let store = Arc::new(GatedStore::new());
+    let app = store.serve().await;
     let id = app.create_draft("alice", "Storm").await;
     assert_eq!(app.append("alice", &id, "one").await.status, 201);
     let (_first, _) = app.ws("alice", &id, None).await;
@@ -632,4 +688,22 @@ async fn joins_queued_behind_a_store_read_are_admitted_on_one_read() {
     // read per join would be ten).
     let reads = store.reads() - before;
     assert!(reads <= 2, "{reads} reads for 10 joins");
+}
+
+/// docs/API.md: `unavailable` (1013) when a backend fails while joining;
+/// the room is not left broken for the next client.
+#[tokio::test]
+async fn a_join_whose_store_read_fails_is_closed_1013_and_the_next_is_served() {
+    let store = Arc::new(GatedStore::new());
+    let app = store.serve().await;
+    let id = app.create_draft("alice", "Down").await;
+    assert_eq!(app.append("alice", &id, "one").await.status, 201);
+    store.failing.store(true, SeqCst);
+    let mut refused = app.ws_raw("alice", &id, "").await;
+    refused.expect_closed("unavailable", 1013).await;
+    store.failing.store(false, SeqCst);
+    let (mut ws, ready) = app.ws("alice", &id, None).await;
+    assert_eq!(ready["seq"], 1);
+    assert_eq!(app.append("alice", &id, "two").await.status, 201);
+    assert_eq!(ws.next_seqs(1).await, [2]);
 }

@@ -63,8 +63,37 @@ pub async fn pool(settings: &RedisSettings) -> Result<fred::clients::Pool, Error
     let pool = builder(settings)?
         .build_pool(settings.pool_size)
         .map_err(redis_error)?;
-    pool.init().await.map_err(redis_error)?;
+    if let Err(e) = pool.init().await {
+        return Err(unreachable(settings, e).await);
+    }
     Ok(pool)
+}
+
+/// One line for a failed first connection: where (never the URL, which may
+/// hold a password) and why, in words rather than fred's debug dump.
+async fn unreachable(settings: &RedisSettings, e: fred::error::Error) -> Error {
+    let hosts = RedisConfig::from_url(&settings.url)
+        .map(|c| c.server.hosts())
+        .unwrap_or_default();
+    let addrs: Vec<String> = hosts.iter().map(ToString::to_string).collect();
+    // A plain connect says why the network refused, if it did; otherwise
+    // Redis itself refused (a password, TLS), and fred's words are clear.
+    let cause = match hosts.first() {
+        Some(server) => {
+            let connect = tokio::net::TcpStream::connect((&*server.host, server.port));
+            match tokio::time::timeout(settings.timeout.max(Duration::from_secs(1)), connect).await
+            {
+                Ok(Err(io)) => io.to_string(),
+                Err(_) => "connection timed out".to_owned(),
+                Ok(Ok(_)) => e.details().to_owned(),
+            }
+        }
+        None => e.details().to_owned(),
+    };
+    Error::unavailable(format!(
+        "cannot reach Redis at {} (REDIS_URL): {cause}",
+        addrs.join(", ")
+    ))
 }
 
 /// The scrape's view of Redis: `health_status{component="redis"}`.

@@ -77,6 +77,12 @@ impl Replica {
         self.signal("-CONT");
     }
 
+    /// SIGTERM, and waits for the drain to end and the process to exit.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal("-TERM");
+        within(self.child.wait()).await.unwrap()
+    }
+
     /// SIGKILL: no drain, no goodbye, leases left to lapse.
     pub async fn kill(&mut self) {
         self.child.start_kill().unwrap();
@@ -130,10 +136,8 @@ impl Cluster {
     /// A replica whose settings differ from the others' (its own proxy to
     /// Redis or Postgres, say).
     pub async fn spawn_replica_with(&self, extra: &[(&str, String)]) -> Replica {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_collabd"));
-        cmd.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("DATABASE_URL", self.db.url())
+        let mut cmd = Command::from(super::collabd_command());
+        cmd.env("DATABASE_URL", self.db.url())
             .env("REDIS_URL", &self.redis_url)
             .env("REDIS_KEY_PREFIX", &self.prefix.prefix)
             .env("AUTH_JWT_SECRET", SECRET)

@@ -5,6 +5,7 @@
 pub mod balancer;
 pub mod cluster;
 pub mod node;
+pub mod otlp;
 pub mod pg;
 pub mod proxy;
 pub mod redis;
@@ -28,6 +29,16 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+/// The built binary with none of the caller's environment but `PATH`: a
+/// developer's exported `DATABASE_URL`, `REDIS_URL` or `REDIS_KEY_PREFIX`
+/// (docs/CLUSTER.md tells them to export these) never reaches a test's server.
+pub fn collabd_command() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_collabd"));
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    cmd
+}
+
 /// How long any single wait in a test may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(15);
 
@@ -42,14 +53,19 @@ fn init_logs() {
 }
 
 /// Which adapters a test runs against: the conformance suite runs each test
-/// with both.
+/// with every set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
+    /// Standalone: everything in process.
     Memory,
+    /// Postgres, with fanout, limits and leases in process (one replica).
     Postgres,
+    /// Cluster mode: Postgres plus Redis fanout, limits and leases, under a
+    /// key prefix of the test's own.
+    Cluster,
 }
 
-/// Declares each named `async fn(kind: Kind)` as two tests, one per kind.
+/// Declares each named `async fn(kind: Kind)` as three tests, one per kind.
 #[macro_export]
 macro_rules! conformance {
     ($($name:ident),+ $(,)?) => {
@@ -63,6 +79,12 @@ macro_rules! conformance {
             $(#[tokio::test]
             async fn $name() {
                 super::$name($crate::common::Kind::Postgres).await
+            })+
+        }
+        mod cluster {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name($crate::common::Kind::Cluster).await
             })+
         }
     };
@@ -224,6 +246,8 @@ pub struct TestApp {
     pub state: AppState,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<std::io::Result<()>>>,
+    /// The Redis prefix of a cluster-mode app, deleted after the server.
+    prefix: Option<redis::TestPrefix>,
 }
 
 pub async fn spawn_app(kind: Kind) -> TestApp {
@@ -238,6 +262,18 @@ pub async fn spawn_with(kind: Kind, adjust: impl FnOnce(&mut Config)) -> TestApp
             spawn_with_backends(adjust, Backends::memory(audit.clone()), audit).await
         }
         Kind::Postgres => spawn_on(pg::TestDb::create().await, None, adjust).await,
+        Kind::Cluster => {
+            let prefix = redis::TestPrefix::new();
+            let name = prefix.prefix.clone();
+            let mut app = spawn_on(pg::TestDb::create().await, None, |c| {
+                c.redis_url = Some(redis::base_url());
+                c.redis_key_prefix = name;
+                adjust(c)
+            })
+            .await;
+            app.prefix = Some(prefix);
+            app
+        }
     }
 }
 
@@ -297,6 +333,7 @@ async fn serve(config: Config, backends: Backends, audit: Arc<MemoryAudit>) -> T
         state,
         stop: Some(stop),
         server: Some(server),
+        prefix: None,
     }
 }
 

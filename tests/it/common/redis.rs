@@ -38,9 +38,67 @@ pub fn url_via(proxy: SocketAddr) -> String {
     format!("redis://{proxy}/{db}")
 }
 
-/// A key prefix no other test uses.
+const TEST_PREFIX: &str = "collabd-test:";
+
+/// Prefixes older than this belong to a run that was killed before it could
+/// clean up: no test runs this long.
+const STALE_AFTER_SECS: u64 = 3600;
+
+/// A key prefix no other test uses, with its birth time in it so a later run
+/// can tell a leftover from a live test's.
 pub fn unique_prefix() -> String {
-    format!("collabd-test:{}:", uuid::Uuid::new_v4().simple())
+    sweep_stale_prefixes_once();
+    format!(
+        "{TEST_PREFIX}{}_{}:",
+        now_secs(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The birth time in a test key (`collabd-test:<secs>_<uuid>:...`, possibly
+/// inside a `{...}` hash tag); `None` for a key in the older form without one.
+fn born(key: &str) -> Option<u64> {
+    let rest = key.trim_start_matches('{').strip_prefix(TEST_PREFIX)?;
+    rest.split_once('_')?.0.parse().ok()
+}
+
+/// Once per test process, deletes the keys of test prefixes left by killed
+/// runs (as the Postgres harness drops their schemas).
+fn sweep_stale_prefixes_once() {
+    static SWEEP: std::sync::Once = std::sync::Once::new();
+    SWEEP.call_once(|| {
+        super::cleanup(async {
+            let sweep = async {
+                let client = client(&base_url()).await;
+                let cutoff = now_secs().saturating_sub(STALE_AFTER_SECS);
+                for pattern in [format!("{TEST_PREFIX}*"), format!("{{{TEST_PREFIX}*")] {
+                    let mut scan = client.scan(pattern, Some(1000), None);
+                    while let Some(Ok(mut page)) = scan.next().await {
+                        let stale: Vec<fred::types::Key> = page
+                            .take_results()
+                            .unwrap_or_default()
+                            .into_iter()
+                            .filter(|key| {
+                                key.as_str()
+                                    .is_some_and(|k| born(k).is_none_or(|b| b < cutoff))
+                            })
+                            .collect();
+                        if !stale.is_empty() {
+                            let _: i64 = client.del(stale).await.unwrap_or(0);
+                        }
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(10), sweep).await;
+        });
+    });
 }
 
 pub async fn client(url: &str) -> fred::clients::Client {
