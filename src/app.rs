@@ -3,10 +3,12 @@
 //! on already-bound listeners until the shutdown future resolves, then drain.
 //! The only module that reads `Config` or names a concrete adapter.
 //!
-//! Draining: readiness turns false, new sockets are refused, every open
-//! socket is told `shutdown` and closed with 1001; after
-//! `SHUTDOWN_DRAIN_DELAY_SECONDS` the listener closes and in-flight requests
-//! finish, all within `SHUTDOWN_TIMEOUT_SECONDS` of each step.
+//! Draining (`run`): readiness turns false and new sockets are refused while
+//! requests and open sockets are still served for
+//! `SHUTDOWN_DRAIN_DELAY_SECONDS`; then the listener closes, every socket is
+//! told `shutdown` and closed with 1001, and in-flight requests finish, each
+//! within `SHUTDOWN_TIMEOUT_SECONDS`; the management listener answers to the
+//! end.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -409,7 +411,8 @@ impl AppState {
                 inbound_burst: config.ws_inbound_burst,
             },
             metrics: metrics.clone(),
-            shutdown: shutdown.clone(),
+            draining: shutdown.clone(),
+            closing: CancellationToken::new(),
             tracker: sockets.clone(),
         };
         let rate_limits = RateLimits {
@@ -547,13 +550,21 @@ pub fn public_router(state: AppState) -> Router {
 
 /// Serves the public API on `public` and, when given, /metrics and the
 /// probes on `management`, until `shutdown` resolves; then drains and returns.
+///
+/// The drain, in order: readiness turns false on both listeners and new
+/// sockets are refused, while every request and open socket is still served
+/// for `SHUTDOWN_DRAIN_DELAY_SECONDS` (load balancers see the 503 and stop
+/// routing); then the public listener stops accepting, every socket is told
+/// `shutdown` (1001) and in-flight requests finish, each within
+/// `SHUTDOWN_TIMEOUT_SECONDS`; the management listener answers to the end.
 pub async fn run(
     public: TcpListener,
     management: Option<TcpListener>,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let drain = state.shutdown.clone();
+    let draining = state.shutdown.clone();
+    let closing = state.sessions.closing.clone();
     let sockets = state.sockets.clone();
     let grace = state.config.shutdown_timeout();
     let delay = Duration::from_secs(state.config.shutdown_drain_delay_seconds);
@@ -562,54 +573,58 @@ pub async fn run(
         keep_alive: Duration::from_secs(state.config.http_keepalive_timeout_seconds),
     };
     let background = spawn_background(&state);
+    let management_done = CancellationToken::new();
     if let Some(listener) = management {
         let app =
             crate::http::management::router(state.clone(), state.config.metrics_auth_token.clone());
-        let stop = drain.clone();
+        let stopped = management_done.clone().cancelled_owned();
         tokio::spawn(async move {
-            let stopped = async move { stop.cancelled().await };
             if let Err(e) = server::serve(listener, app, timeouts, stopped).await {
                 tracing::error!(error.message = %e, "management listener failed");
             }
         });
     }
+    let stop_accepting = CancellationToken::new();
     let app = public_router(state);
-    let signal = {
-        let drain = drain.clone();
-        async move {
-            shutdown.await;
-            tracing::info!(
-                delay_seconds = delay.as_secs(),
-                "shutdown requested: draining"
-            );
-            drain.cancel();
-            // Readiness is already false; give load balancers time to see it.
-            tokio::time::sleep(delay).await;
-        }
-    };
-    let server = server::serve(public, app, timeouts, signal);
-    let mut server = tokio::spawn(server);
+    let mut server = tokio::spawn(server::serve(
+        public,
+        app,
+        timeouts,
+        stop_accepting.clone().cancelled_owned(),
+    ));
     tokio::select! {
-        _ = drain.cancelled() => {}
+        _ = shutdown => {}
+        _ = draining.cancelled() => {}
         // The server task ended by itself (it panicked): nothing to drain.
         ended = &mut server => {
             background.cancel();
+            management_done.cancel();
             return ended.unwrap_or_else(|join| Err(std::io::Error::other(join)));
         }
     }
+    tracing::info!(
+        delay_seconds = delay.as_secs(),
+        "shutdown requested: draining"
+    );
+    draining.cancel();
+    tokio::time::sleep(delay).await;
+    stop_accepting.cancel();
     background.cancel();
+    closing.cancel();
     sockets.close();
     if tokio::time::timeout(grace, sockets.wait()).await.is_err() {
         tracing::warn!("sockets still open after the shutdown timeout; dropping them");
     }
-    match tokio::time::timeout(grace, server).await {
+    let result = match tokio::time::timeout(grace, server).await {
         Ok(Ok(result)) => result,
         Ok(Err(join)) => Err(std::io::Error::other(join)),
         Err(_) => {
             tracing::warn!("requests still running after the shutdown timeout; exiting");
             Ok(())
         }
-    }
+    };
+    management_done.cancel();
+    result
 }
 
 /// How often memory the allocator holds free goes back to the system, so RSS

@@ -112,6 +112,8 @@ pub enum AppEnv {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Json,
+    /// Human-readable lines; `text` is seed 004's name for it.
+    #[value(alias = "text")]
     Pretty,
 }
 

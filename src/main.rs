@@ -12,12 +12,7 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => {
-            // One clear line, naming the flag (and so its variable).
-            let text = e.to_string();
-            eprintln!(
-                "{}",
-                text.lines().next().unwrap_or("error: invalid arguments")
-            );
+            eprintln!("{}", one_line(&e.to_string()));
             return ExitCode::from(2);
         }
         Err(e) => {
@@ -45,6 +40,22 @@ fn main() -> ExitCode {
         }
         Some(Command::Serve(config)) => serve(config),
         None => serve(cli.serve),
+    }
+}
+
+/// clap's error in one line: its message and what it lists (the missing
+/// flag, and so its variable), without the usage block after it.
+fn one_line(text: &str) -> String {
+    let parts: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .take_while(|line| !line.starts_with("Usage:"))
+        .filter(|line| !line.is_empty())
+        .collect();
+    if parts.is_empty() {
+        "error: invalid arguments".to_owned()
+    } else {
+        parts.join(" ")
     }
 }
 
@@ -113,7 +124,11 @@ fn serve(config: Config) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error.message = %e, "server failed");
+            // A start-up failure is said once, in one line on stderr; a
+            // failure while serving goes to the log pipeline as well.
+            if matches!(e, collabd::app::StartError::Io(_)) {
+                tracing::error!(error.message = %e, "server failed");
+            }
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }

@@ -22,16 +22,27 @@ wait_until_reachable() { # host port [what]
     return 1
 }
 
-# Installs a Debian package when a command is missing (root only).
-ensure_command() { # command package [apt-get install options...]
+# Installs a Debian package when a command is missing, without its
+# recommended packages, as root or through passwordless sudo. Nothing is
+# installed, and no root is needed, when the command is there.
+ensure_command() { # command package
     command -v "$1" >/dev/null 2>&1 && return 0
+    local as_root=()
     if [ "$(id -u)" -ne 0 ]; then
-        echo "$1 is not installed, and installing $2 needs root" >&2
-        return 1
+        if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+            as_root=(sudo -n)
+        else
+            echo "$1 is not installed, and installing the Debian package $2 needs root (or passwordless sudo)" >&2
+            return 1
+        fi
     fi
     echo "installing $2 (for $1)" >&2
-    apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${@:3}" "$2" >&2
+    if [ -z "${APT_LISTS_UPDATED:-}" ]; then
+        "${as_root[@]}" apt-get update -qq >&2
+        APT_LISTS_UPDATED=1
+    fi
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends "$2" >&2
 }
 
 pg_bin() {

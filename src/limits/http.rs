@@ -1,6 +1,7 @@
 //! The REST rate-limit middleware. Each request spends one token from the
-//! bucket of its policy (`read` or `mutation`) and subject (the verified user,
-//! else the client IP). Every limited route answers with the IETF draft's
+//! bucket of its route (method and matched template) and subject (the
+//! verified user, else the client IP), under its route's policy (`read` or
+//! `mutation`): one busy route cannot starve a user's others. Every limited route answers with the IETF draft's
 //! `RateLimit-Policy` and `RateLimit` headers; an empty bucket answers 429
 //! `rate_limited` with `Retry-After`.
 
@@ -94,7 +95,7 @@ pub async fn rate_limit(State(state): State<RateLimits>, mut req: Request, next:
         }
     };
     let policy = state.policies.for_method(req.method()).clone();
-    let key = format!("{}:{subject}", policy.name);
+    let key = bucket(&policy, &req, &subject);
     match state.limiter.throttle(&key, &policy, 1).await {
         Ok(reply) if reply.limited => {
             tracing::info!(scope = policy.name, "rate limited");
@@ -112,6 +113,21 @@ pub async fn rate_limit(State(state): State<RateLimits>, mut req: Request, next:
         // Only RATE_LIMIT_FAIL_MODE=closed lets a backend failure through.
         Err(e) => e.into_response(),
     }
+}
+
+/// The bucket a request spends from, e.g.
+/// `mutation:POST:/v1/collab/drafts/:id/segments:user:alice`. The route's
+/// `{param}` becomes `:param`: on Redis Cluster braces in a key name its hash
+/// tag, which would put every bucket of the deployment in one slot.
+fn bucket(policy: &RatePolicy, req: &Request, subject: &str) -> String {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(MatchedPath::as_str)
+        .unwrap_or("unmatched")
+        .replace('{', ":")
+        .replace('}', "");
+    format!("{}:{}:{route}:{subject}", policy.name, req.method())
 }
 
 /// `RateLimit-Policy: "read";q=31;w=16` and `RateLimit: "read";r=30;t=1`

@@ -56,8 +56,11 @@ pub struct Sessions {
     pub caps: SocketCaps,
     pub settings: SocketSettings,
     pub metrics: Metrics,
-    /// Cancelled when draining starts; every session watches it.
-    pub shutdown: CancellationToken,
+    /// Cancelled when draining starts: new sockets are refused.
+    pub draining: CancellationToken,
+    /// Cancelled when the drain delay is over: every session says
+    /// `shutdown` and closes with 1001.
+    pub closing: CancellationToken,
     /// Tracks sessions so shutdown can wait for their goodbyes.
     pub tracker: TaskTracker,
 }
@@ -112,7 +115,7 @@ async fn upgrade(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, Error> {
-    if sessions.shutdown.is_cancelled() {
+    if sessions.draining.is_cancelled() {
         return Err(Error::Unavailable(
             "draining: not accepting new sockets".into(),
         ));
@@ -380,7 +383,7 @@ impl Session {
         };
         let signals = Signals {
             kick,
-            shutdown: self.sessions.shutdown.clone(),
+            closing: self.sessions.closing.clone(),
         };
         let ending = self.stream(socket, &mut rx, head, &signals).await;
         hub.leave(self.draft.id, self.connection_id).await;
@@ -416,7 +419,7 @@ impl Session {
             // the ping come before events, so a busy room cannot starve them.
             let step = tokio::select! {
                 biased;
-                _ = signals.shutdown.cancelled() => Err(Ending::Shutdown),
+                _ = signals.closing.cancelled() => Err(Ending::Shutdown),
                 _ = signals.kick.cancelled() => Err(Ending::SlowConsumer),
                 inbound = socket.recv() => self.on_inbound(socket, inbound, &mut client, signals).await,
                 _ = tokio::time::sleep_until(silent_until) => Err(Ending::Idle),
@@ -680,7 +683,7 @@ fn classify(error: axum::Error) -> Ending {
 /// The two things that can interrupt a send that the client is not reading.
 struct Signals {
     kick: CancellationToken,
-    shutdown: CancellationToken,
+    closing: CancellationToken,
 }
 
 impl Signals {
@@ -689,7 +692,7 @@ impl Signals {
             biased;
             sent = socket.send(message) => sent.map_err(|_| Ending::ClientGone),
             _ = self.kick.cancelled() => Err(Ending::SlowConsumer),
-            _ = self.shutdown.cancelled() => Err(Ending::Shutdown),
+            _ = self.closing.cancelled() => Err(Ending::Shutdown),
         }
     }
 }

@@ -15,6 +15,7 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -134,20 +135,33 @@ fn provider(settings: &TraceSettings) -> Result<SdkTracerProvider, String> {
     Ok(builder.build())
 }
 
-/// Log directives that always apply, whatever `LOG_LEVEL` says.
-const QUIET_DEPENDENCIES: &str = "opentelemetry=warn,opentelemetry_sdk=warn,opentelemetry_otlp=warn,\
-hyper=warn,hyper_util=warn,reqwest=warn,tokio_postgres=warn,tungstenite=info,tokio_tungstenite=info";
+/// Dependencies held at a level whatever `LOG_LEVEL` says. A filter of its
+/// own on top of `LOG_LEVEL`'s, so no directive there (a more specific
+/// target, a span name) can undo it: the exporter's HTTP client must not
+/// trace (or log) itself; tokio_postgres prints every statement's parameters
+/// at debug, and tungstenite every frame's payload at trace (segment
+/// content, idempotency keys: never logged, at any level); tokio_postgres
+/// prints the server's NOTICEs at info.
+fn quiet_dependencies() -> Targets {
+    Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_targets([
+            ("opentelemetry", LevelFilter::WARN),
+            ("opentelemetry_sdk", LevelFilter::WARN),
+            ("opentelemetry_otlp", LevelFilter::WARN),
+            ("hyper", LevelFilter::WARN),
+            ("hyper_util", LevelFilter::WARN),
+            ("reqwest", LevelFilter::WARN),
+            ("tokio_postgres", LevelFilter::WARN),
+            ("tungstenite", LevelFilter::INFO),
+            ("tokio_tungstenite", LevelFilter::INFO),
+        ])
+}
 
 /// Installs the global subscriber (and the tracer, when tracing is on).
 /// Call once, from `main`.
 pub fn init(format: LogFormat, filter: &str, traces: &TraceSettings) -> TelemetryGuard {
-    // Appended, so they win over LOG_LEVEL: the exporter's own HTTP client
-    // must not trace (or log) itself; tokio_postgres prints every
-    // statement's parameters at debug and tungstenite every frame's payload
-    // at trace (segment content, idempotency keys: never logged, at any
-    // level), and tokio_postgres the server's NOTICEs at info.
-    let filter = format!("{filter},{QUIET_DEPENDENCIES}");
-    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
@@ -177,6 +191,7 @@ pub fn init(format: LogFormat, filter: &str, traces: &TraceSettings) -> Telemetr
     });
     tracing_subscriber::registry()
         .with(filter)
+        .with(quiet_dependencies())
         .with(fmt)
         .with(otel)
         .init();

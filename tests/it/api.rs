@@ -545,17 +545,23 @@ async fn the_rate_limit_answers_429_with_headers_and_keys_by_user(kind: Kind) {
     // Another user has their own bucket.
     assert_eq!(app.get("bob", "/v1/collab/drafts").await.status, 200);
     // Mutations are stricter: one, then a minute's wait.
-    assert_eq!(
-        app.post("bob", "/v1/collab/drafts", json!({ "title": "a" }))
-            .await
-            .status,
-        201
-    );
+    let first = app
+        .post("bob", "/v1/collab/drafts", json!({ "title": "a" }))
+        .await;
+    assert_eq!(first.status, 201);
     let second = app
         .post("bob", "/v1/collab/drafts", json!({ "title": "b" }))
         .await;
     assert_eq!(second.code(), "rate_limited");
     assert_eq!(second.header("retry-after"), Some("60"));
+    // Each route has its own bucket: creating drafts used up bob's creates,
+    // not his appends, which are limited on their own.
+    let id = first.body["id"].as_str().unwrap();
+    let path = format!("/v1/collab/drafts/{id}/segments");
+    let append = app.post("bob", &path, json!({ "content": "x" })).await;
+    assert_eq!(append.status, 201, "{}", append.body);
+    let again = app.post("bob", &path, json!({ "content": "y" })).await;
+    assert_eq!(again.code(), "rate_limited");
     // Without a valid token the client IP is the key; probes are never limited.
     for _ in 0..5 {
         assert_eq!(

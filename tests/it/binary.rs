@@ -273,13 +273,40 @@ async fn the_console_exporter_prints_spans_with_the_callers_trace() {
 fn a_taken_port_is_named_in_one_line() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let (ok, stderr) = stderr_of(collabd().env("PORT", "0").env("METRICS_ADDR", &addr));
-    assert!(!ok);
+    let output = collabd()
+        .env("PORT", "0")
+        .env("METRICS_ADDR", &addr)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(
         stderr.contains("METRICS_ADDR") && stderr.contains(&addr),
         "{stderr}"
     );
+    // Said once: not again as a log line on stdout.
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!stdout.contains(&addr), "{stdout}");
+}
+
+#[test]
+fn a_missing_argument_is_named_in_one_line() {
+    let (ok, stderr) = stderr_of(collabd().arg("token"));
+    assert!(!ok);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--user"), "{stderr}");
+}
+
+#[test]
+fn log_format_text_is_the_pretty_format() {
+    let mut server = Server::start(&[("LOG_FORMAT", "text")]);
+    let listening = server.wait_for(|l| l.contains("collabd listening"));
+    assert!(
+        serde_json::from_str::<Value>(&listening).is_err(),
+        "{listening}"
+    );
+    assert!(server.terminate().success());
 }
 
 /// docs/CLUSTER.md: at start-up, an unreachable Redis stops the replica with

@@ -69,10 +69,7 @@ async fn a_commit_whose_reply_was_lost_reaches_every_watcher_when_the_retry_repl
     let path = format!("/v1/collab/drafts/{draft}/segments");
     let body = json!({ "content": "committed, unheard", "idempotency_key": "k-lost" });
     let first = writer.post("alice", &path, body.clone()).await;
-    assert!(
-        postgres.commit_reply_lost(),
-        "the COMMIT never went through"
-    );
+    assert!(postgres.armed_commit_met(), "the COMMIT never went through");
     assert_eq!(first.status, 503, "{}", first.body);
     let retry = writer.post("alice", &path, body).await;
     assert_eq!(retry.status, 200, "the retry replays: {}", retry.body);

@@ -157,6 +157,23 @@ fn the_compose_file_runs_three_replicas_behind_nginx_with_healthy_dependencies()
         collabd["ports"].is_null(),
         "replicas are reached through nginx only"
     );
+    // Only nginx is believed about the client's address: its fixed
+    // address, inside the network's subnet, and nothing wider.
+    let nginx_ip = compose["services"]["nginx"]["networks"]["default"]["ipv4_address"]
+        .as_str()
+        .expect("nginx has a fixed address");
+    assert_eq!(
+        collabd["environment"]["TRUSTED_PROXIES"].as_str(),
+        Some(nginx_ip)
+    );
+    let subnet = compose["networks"]["default"]["ipam"]["config"][0]["subnet"]
+        .as_str()
+        .unwrap();
+    let prefix = subnet.rsplit_once(".0/24").expect("a /24 subnet").0;
+    assert!(
+        nginx_ip.starts_with(&format!("{prefix}.")),
+        "{nginx_ip} outside {subnet}"
+    );
     let known = known_variables();
     for key in collabd["environment"].as_mapping().unwrap().keys() {
         let key = key.as_str().unwrap();
@@ -303,9 +320,24 @@ fn the_kubernetes_manifests_fit_together() {
     );
     let monitor = yaml("deploy/k8s/podmonitor.yaml");
     assert_eq!(monitor["spec"]["selector"]["matchLabels"], selector);
-    assert_eq!(
-        monitor["spec"]["podMetricsEndpoints"][0]["port"].as_str(),
-        Some("metrics")
+    let endpoint = &monitor["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(endpoint["port"].as_str(), Some("metrics"));
+    // Prometheus sends the bearer token the pods read, from the same secret.
+    let secret = yaml("deploy/k8s/secret.yaml");
+    let credentials = &endpoint["authorization"]["credentials"];
+    assert_eq!(endpoint["authorization"]["type"].as_str(), Some("Bearer"));
+    assert_eq!(credentials["name"], secret["metadata"]["name"]);
+    assert_eq!(credentials["key"].as_str(), Some("METRICS_AUTH_TOKEN"));
+    assert!(secret["stringData"]["METRICS_AUTH_TOKEN"].is_string());
+    let loaded = deployment["spec"]["template"]["spec"]["containers"][0]["envFrom"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .any(|source| source["secretRef"]["name"] == secret["metadata"]["name"]);
+    assert!(
+        loaded,
+        "the pods do not load {:?}",
+        secret["metadata"]["name"]
     );
     let hpa = yaml("deploy/k8s/hpa.yaml");
     assert_eq!(
@@ -452,34 +484,64 @@ fn free_port_block(size: u16) -> u16 {
     panic!("no free block of {size} ports");
 }
 
+/// Where one `scripts/cluster` test runs: its own directory, block of ten
+/// ports (replicas at +0..+2, their metrics at +3..+5, nginx at +6,
+/// Prometheus at +7), schema and Redis prefix.
+struct ClusterScript {
+    dir: PathBuf,
+    base: u16,
+    db: std::sync::Arc<TestDb>,
+    prefix: TestPrefix,
+}
+
+const SCRIPT_SECRET: &str = "cluster-script-test-secret-of-32-bytes!";
+
+impl ClusterScript {
+    async fn new() -> ClusterScript {
+        ClusterScript {
+            dir: std::env::temp_dir().join(format!(
+                "collabd-cluster-test-{}",
+                uuid::Uuid::new_v4().simple()
+            )),
+            base: free_port_block(10),
+            db: TestDb::create().await,
+            prefix: TestPrefix::new(),
+        }
+    }
+
+    fn port(&self, offset: u16) -> u16 {
+        self.base + offset
+    }
+
+    /// `scripts/cluster start` with only these settings in its environment.
+    async fn start(&self) -> std::process::Output {
+        tokio::process::Command::new(root().join("scripts/cluster"))
+            .arg("start")
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("CLUSTER_DIR", &self.dir)
+            .env("API_BASE_PORT", self.port(0).to_string())
+            .env("METRICS_BASE_PORT", self.port(3).to_string())
+            .env("LB_PORT", self.port(6).to_string())
+            .env("PROMETHEUS_PORT", self.port(7).to_string())
+            .env("DATABASE_URL", self.db.url())
+            .env("REDIS_URL", redis_url())
+            .env("REDIS_KEY_PREFIX", &self.prefix.prefix)
+            .env("AUTH_JWT_SECRET", SCRIPT_SECRET)
+            .env("COLLABD_BIN", env!("CARGO_BIN_EXE_collabd"))
+            .output()
+            .await
+            .unwrap()
+    }
+}
+
 #[tokio::test]
 async fn scripts_cluster_serves_clients_through_nginx_and_prometheus_sees_every_replica() {
-    let db = TestDb::create().await;
-    let prefix = TestPrefix::new();
-    let dir = std::env::temp_dir().join(format!(
-        "collabd-cluster-test-{}",
-        uuid::Uuid::new_v4().simple()
-    ));
-    let base = free_port_block(10);
-    let ports = |offset: u16| (base + offset).to_string();
-    let secret = "cluster-script-test-secret-of-32-bytes!";
-    let output = tokio::process::Command::new(root().join("scripts/cluster"))
-        .arg("start")
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("CLUSTER_DIR", &dir)
-        .env("API_BASE_PORT", ports(0))
-        .env("METRICS_BASE_PORT", ports(3))
-        .env("LB_PORT", ports(6))
-        .env("PROMETHEUS_PORT", ports(7))
-        .env("DATABASE_URL", db.url())
-        .env("REDIS_URL", redis_url())
-        .env("REDIS_KEY_PREFIX", &prefix.prefix)
-        .env("AUTH_JWT_SECRET", secret)
-        .env("COLLABD_BIN", env!("CARGO_BIN_EXE_collabd"))
-        .output()
-        .await
-        .unwrap();
+    let setup = ClusterScript::new().await;
+    let output = setup.start().await;
+    let dir = setup.dir.clone();
+    let ports = |offset: u16| setup.port(offset).to_string();
+    let secret = SCRIPT_SECRET;
     let _running = Running { dir: dir.clone() };
     let printed = String::from_utf8_lossy(&output.stdout);
     assert!(
@@ -520,11 +582,42 @@ async fn scripts_cluster_serves_clients_through_nginx_and_prometheus_sees_every_
     })
     .await;
 
-    let stop = Command::new(root().join("scripts/cluster"))
+    // Stopping drains the replicas before nginx goes: Bob is told why.
+    let stop = tokio::process::Command::new(root().join("scripts/cluster"))
         .arg("stop")
         .env("CLUSTER_DIR", &dir)
-        .output()
-        .unwrap();
-    assert!(stop.status.success());
+        .output();
+    let (stop, ()) = tokio::join!(stop, bob.expect_closed("shutdown", 1001));
+    assert!(stop.unwrap().status.success());
     eventually(|| async { tokio::net::TcpStream::connect(lb).await.is_err() }).await;
+}
+
+#[tokio::test]
+async fn scripts_cluster_start_fails_when_a_replica_cannot_start() {
+    let setup = ClusterScript::new().await;
+    let (dir, base) = (setup.dir.clone(), setup.base);
+    // Replica 2's port is taken: it exits at once, the others start.
+    let _taken = std::net::TcpListener::bind(("127.0.0.1", setup.port(1))).unwrap();
+    let output = setup.start().await;
+    let _running = Running { dir: dir.clone() };
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "start succeeded: {stderr}");
+    assert!(
+        stderr.contains("replica 2 exited before listening")
+            && stderr.contains(&(base + 1).to_string()),
+        "{stderr}"
+    );
+    // Nothing is left running: the replicas that did start were stopped.
+    for i in [1, 3] {
+        let pidfile = dir.join(format!("replica-{i}.pid"));
+        assert!(!pidfile.exists(), "replica {i} still has a pid file");
+    }
+    for port in [base, base + 2, base + 6] {
+        assert!(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err(),
+            "port {port} still open"
+        );
+    }
 }

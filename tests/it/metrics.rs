@@ -7,7 +7,6 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::common::*;
 use collabd::telemetry::metrics::CATALOG;
-use serde_json::json;
 
 /// `series → value` for every sample line of an exposition.
 fn samples(text: &str) -> BTreeMap<String, f64> {
@@ -72,7 +71,7 @@ async fn a_metrics_token_guards_the_scrape() {
 async fn known_traffic_moves_the_counters_by_exactly_that_much() {
     let app = spawn_with(Kind::Memory, |c| {
         c.rate_limit_enabled = true;
-        c.rate_limit_burst_mutation = 4;
+        c.rate_limit_burst_mutation = 1;
         c.rate_limit_per_minute_mutation = 1;
         c.max_segments_per_draft = Some(1);
     })
@@ -84,10 +83,9 @@ async fn known_traffic_moves_the_counters_by_exactly_that_much() {
     app.append("alice", &id, "one").await;
     app.append("alice", &id, "two").await;
     app.pass("alice", &id, "bob").await;
-    // Mutation burst 4 + 1 spent: the next is refused.
-    let refused = app
-        .post("alice", "/v1/collab/drafts", json!({ "title": "x" }))
-        .await;
+    // Each route has a mutation burst of 1 (two at once): the third append
+    // is refused, whatever the other routes spent.
+    let refused = app.append("alice", &id, "three").await;
     assert_eq!(refused.status, 429);
     app.get(
         "alice",
@@ -123,7 +121,7 @@ async fn known_traffic_moves_the_counters_by_exactly_that_much() {
     );
     assert_eq!(
         delta(&format!(
-            "http_requests_total{{method=\"POST\",route=\"{drafts}\",status=\"429\"}}"
+            "http_requests_total{{method=\"POST\",route=\"{segments}\",status=\"429\"}}"
         )),
         1.0
     );
@@ -137,7 +135,7 @@ async fn known_traffic_moves_the_counters_by_exactly_that_much() {
         delta(&format!(
             "http_request_duration_seconds_count{{method=\"POST\",route=\"{segments}\"}}"
         )),
-        2.0
+        3.0
     );
     assert_eq!(delta("collab_mutations_total{type=\"create_draft\"}"), 1.0);
     assert_eq!(
@@ -166,7 +164,7 @@ async fn known_traffic_moves_the_counters_by_exactly_that_much() {
     assert_eq!(delta("ws_connection_duration_seconds_count"), 1.0);
     // Histograms are real histograms with the documented buckets.
     assert!(after.contains(&format!("http_request_duration_seconds_bucket{{method=\"POST\",route=\"{segments}\",le=\"0.0005\"}}")));
-    assert!(after.contains(&format!("http_request_duration_seconds_bucket{{method=\"POST\",route=\"{segments}\",le=\"+Inf\"}} 2")));
+    assert!(after.contains(&format!("http_request_duration_seconds_bucket{{method=\"POST\",route=\"{segments}\",le=\"+Inf\"}} 3")));
     assert!(after.contains("# TYPE http_request_duration_seconds histogram"));
     assert_eq!(value(&after, "health_status{component=\"process\"}"), 1.0);
     assert_eq!(value(&after, "health_status{component=\"store\"}"), 1.0);

@@ -312,32 +312,37 @@ async fn a_client_that_never_reads_is_closed_as_slow_consumer_while_others_keep_
     let (mut slow, _) = app.ws("alice", &id, None).await;
     let (mut reader, _) = app.ws("alice", &id, None).await;
     let content = "z".repeat(10_000);
-    // Enough to fill the kernel's socket buffers and then the queue.
-    let total = 1_000u64;
+    // The reader keeps reading throughout, handing on the seqs it gets.
+    let (seqs_tx, mut seqs_rx) = tokio::sync::mpsc::unbounded_channel();
     let reading = tokio::spawn(async move {
-        let seqs = reader.next_seqs(total as usize).await;
-        (reader, seqs)
-    });
-    let writing = {
-        let (api, id) = (app.api.clone(), id.clone());
-        tokio::spawn(async move {
-            for _ in 0..total {
-                assert_eq!(api.append("alice", &id, &content).await.status, 201);
+        loop {
+            if let Some(seq) = reader.next_json().await["seq"].as_u64() {
+                let _ = seqs_tx.send(seq);
             }
-        })
-    };
-    // The room drops the slow client once its queue is full; from then on
-    // it has CLOSE_TIMEOUT to read its goodbye, so it starts reading now.
-    eventually(|| async {
+        }
+    });
+    // Write until the room drops the slow client (its queue full behind the
+    // kernel buffers it never drains), then stop: from then on it has
+    // CLOSE_TIMEOUT to read its goodbye, and no write of this test competes
+    // with that read for the two cores.
+    let dropped = || {
         app.state
             .metrics
             .render()
             .contains("ws_outbound_dropped_total 1")
-    })
-    .await;
+    };
+    let mut total = 0u64;
+    while !dropped() {
+        assert!(total < 5_000, "the slow client was never dropped");
+        assert_eq!(app.append("alice", &id, &content).await.status, 201);
+        total += 1;
+    }
     let (closed, got) = slow.until_closed().await;
-    within(writing).await.unwrap();
-    let (_reader, seqs) = within(reading).await.unwrap();
+    let mut seqs = Vec::new();
+    while (seqs.len() as u64) < total {
+        seqs.push(within(seqs_rx.recv()).await.unwrap());
+    }
+    reading.abort();
     assert_eq!(seqs, (1..=total).collect::<Vec<_>>());
 
     // The slow client found a strict prefix of the events, then the reason.
@@ -376,7 +381,7 @@ async fn shutdown_closes_sockets_with_1001_and_refuses_new_ones(kind: Kind) {
 }
 
 async fn draining_turns_readiness_false_and_refuses_upgrades(kind: Kind) {
-    let app = spawn_app(kind).await;
+    let mut app = spawn_with(kind, |c| c.shutdown_drain_delay_seconds = 30).await;
     let id = app.create_draft("alice", "Drain").await;
     // Hold a connection open so the in-flight server keeps answering on it.
     let client = reqwest::Client::builder()
@@ -385,7 +390,8 @@ async fn draining_turns_readiness_false_and_refuses_upgrades(kind: Kind) {
         .unwrap();
     let ready = client.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
-    app.state.shutdown.cancel();
+    app.begin_shutdown();
+    eventually(|| async { app.state.shutdown.is_cancelled() }).await;
     let ready = read_reply(client.get(app.url("/readyz")).send().await.unwrap()).await;
     assert_eq!((ready.status, ready.code()), (503, "unavailable"));
     let mut request = app.ws_url(&id, "").into_client_request().unwrap();
@@ -393,8 +399,8 @@ async fn draining_turns_readiness_false_and_refuses_upgrades(kind: Kind) {
         "authorization",
         format!("Bearer {}", app.token("alice")).parse().unwrap(),
     );
-    // The listener stays open through the drain delay (only the drain
-    // token was cancelled here): the refusal is an answer, not a closed port.
+    // The listener stays open through the drain delay: the refusal is an
+    // answer, not a closed port.
     match WsClient::try_connect(request).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 503),
         Err(other) => panic!("refused with something other than a 503: {other}"),

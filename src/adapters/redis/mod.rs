@@ -78,22 +78,23 @@ async fn unreachable(settings: &RedisSettings, e: fred::error::Error) -> Error {
     let addrs: Vec<String> = hosts.iter().map(ToString::to_string).collect();
     // A plain connect says why the network refused, if it did; otherwise
     // Redis itself refused (a password, TLS), and fred's words are clear.
-    let cause = match hosts.first() {
+    let reached = match hosts.first() {
         Some(server) => {
             let connect = tokio::net::TcpStream::connect((&*server.host, server.port));
             match tokio::time::timeout(settings.timeout.max(Duration::from_secs(1)), connect).await
             {
-                Ok(Err(io)) => io.to_string(),
-                Err(_) => "connection timed out".to_owned(),
-                Ok(Ok(_)) => e.details().to_owned(),
+                Ok(Err(io)) => Err(io.to_string()),
+                Err(_) => Err("connection timed out".to_owned()),
+                Ok(Ok(_)) => Ok(()),
             }
         }
-        None => e.details().to_owned(),
+        None => Ok(()),
     };
-    Error::unavailable(format!(
-        "cannot reach Redis at {} (REDIS_URL): {cause}",
-        addrs.join(", ")
-    ))
+    let addrs = addrs.join(", ");
+    Error::unavailable(match reached {
+        Err(cause) => format!("cannot reach Redis at {addrs} (REDIS_URL): {cause}"),
+        Ok(()) => format!("Redis at {addrs} (REDIS_URL) refused: {}", e.details()),
+    })
 }
 
 /// The scrape's view of Redis: `health_status{component="redis"}`.

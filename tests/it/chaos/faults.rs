@@ -264,7 +264,7 @@ impl Topology {
             Fault::PostgresCutOne(i) => self.slots[i].postgres.restore(),
             Fault::LostReply(i) => {
                 let proxy = &self.slots[i].postgres;
-                eventually(|| async { proxy.commit_reply_lost() }).await;
+                eventually(|| async { proxy.armed_commit_met() }).await;
             }
         }
     }

@@ -20,6 +20,8 @@ pub struct Replica {
     pub metrics_addr: std::net::SocketAddr,
     /// Every line the replica printed so far.
     pub logs: Arc<std::sync::Mutex<Vec<String>>>,
+    /// Ends when both pipes have closed and every line is in `logs`.
+    collecting: Option<tokio::task::JoinHandle<()>>,
     child: Child,
 }
 
@@ -77,10 +79,20 @@ impl Replica {
         self.signal("-CONT");
     }
 
-    /// SIGTERM, and waits for the drain to end and the process to exit.
-    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+    /// SIGTERM: the drain begins.
+    pub fn begin_drain(&self) {
         self.signal("-TERM");
-        within(self.child.wait()).await.unwrap()
+    }
+
+    /// SIGTERM, and waits for the drain to end, the process to exit and its
+    /// last line to reach `logs`.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        self.begin_drain();
+        let status = within(self.child.wait()).await.unwrap();
+        if let Some(collecting) = self.collecting.take() {
+            within(collecting).await.unwrap();
+        }
+        status
     }
 
     /// SIGKILL: no drain, no goodbye, leases left to lapse.
@@ -188,18 +200,19 @@ impl Cluster {
         .await;
         // Keep draining so the replica never blocks on a full pipe.
         let logs = Arc::new(std::sync::Mutex::new(seen));
-        {
+        let collecting = {
             let logs = logs.clone();
             tokio::spawn(async move {
                 while let Some(line) = lines.recv().await {
                     logs.lock().unwrap().push(line);
                 }
-            });
-        }
+            })
+        };
         Replica {
             api: Api::new(addr, SECRET),
             metrics_addr,
             logs,
+            collecting: Some(collecting),
             child,
         }
     }

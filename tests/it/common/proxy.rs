@@ -97,8 +97,8 @@ impl Proxy {
         self.commit.store(CUT_BEFORE, Ordering::SeqCst);
     }
 
-    /// Whether the armed COMMIT has met its fate.
-    pub fn commit_reply_lost(&self) -> bool {
+    /// Whether the armed COMMIT has met its fate (lost reply or cut).
+    pub fn armed_commit_met(&self) -> bool {
         self.commit.load(Ordering::SeqCst) == PASS
     }
 }

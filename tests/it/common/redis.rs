@@ -63,7 +63,9 @@ fn now_secs() -> u64 {
 }
 
 /// The birth time in a test key (`collabd-test:<secs>_<uuid>:...`, possibly
-/// inside a `{...}` hash tag); `None` for a key in the older form without one.
+/// inside a `{...}` hash tag); `None` for a key in the older form without
+/// one, which the sweep leaves alone: a run of an older checkout may be
+/// using it right now.
 fn born(key: &str) -> Option<u64> {
     let rest = key.trim_start_matches('{').strip_prefix(TEST_PREFIX)?;
     rest.split_once('_')?.0.parse().ok()
@@ -87,7 +89,7 @@ fn sweep_stale_prefixes_once() {
                             .into_iter()
                             .filter(|key| {
                                 key.as_str()
-                                    .is_some_and(|k| born(k).is_none_or(|b| b < cutoff))
+                                    .is_some_and(|k| born(k).is_some_and(|b| b < cutoff))
                             })
                             .collect();
                         if !stale.is_empty() {
