@@ -32,7 +32,7 @@ use crate::adapters::postgres::{self, PoolSettings, PostgresAudit, PostgresHealt
 use crate::adapters::redis::{
     self, RedisFanout, RedisHealth, RedisLeadership, RedisLeases, RedisRateLimiter, RedisSettings,
 };
-use crate::auth::Authenticator;
+use crate::auth::{AuthSettings, Authenticator, Jwks, JwksSettings, SharedSecret};
 use crate::collab::audit::Auditor;
 use crate::collab::service::{CollabCaps, CollabService};
 use crate::config::{self, Config, MigrateArgs};
@@ -97,6 +97,8 @@ pub struct Backends {
     /// This replica's claim on the database (Postgres modes): held for the
     /// life of the process.
     pub claim: Option<Claim>,
+    /// An identity provider's signing keys (`AUTH_JWKS_URL`), loaded.
+    pub jwks: Option<Jwks>,
 }
 
 /// The store as a health check, for the modes whose store has no other.
@@ -133,6 +135,7 @@ impl Backends {
             metrics: Metrics::new(),
             mode: Mode::Standalone,
             claim: None,
+            jwks: None,
         }
     }
 
@@ -208,11 +211,40 @@ impl Backends {
 
     /// The adapters the configuration asks for.
     pub async fn from_config(config: &Config) -> Result<Self, StartError> {
-        match (pool_settings(config), redis_settings(config)) {
-            (Some(database), Some(redis)) => Backends::cluster(config, &database, &redis).await,
-            (Some(database), None) => Backends::postgres(config, &database).await,
-            _ => Ok(Backends::memory(Arc::new(MemoryAudit::new()))),
-        }
+        let mut backends = match (pool_settings(config), redis_settings(config)) {
+            (Some(database), Some(redis)) => Backends::cluster(config, &database, &redis).await?,
+            (Some(database), None) => Backends::postgres(config, &database).await?,
+            _ => Backends::memory(Arc::new(MemoryAudit::new())),
+        };
+        backends.jwks = identity_provider(config).await?;
+        Ok(backends)
+    }
+}
+
+/// The identity provider's keys, when `AUTH_JWKS_URL` is set: read once now,
+/// so a replica that cannot read them says so and does not start.
+async fn identity_provider(config: &Config) -> Result<Option<Jwks>, StartError> {
+    let Some(location) = &config.auth_jwks_url else {
+        return Ok(None);
+    };
+    let settings = JwksSettings {
+        refresh: Duration::from_secs(config.auth_jwks_refresh_seconds),
+        min_refresh: Duration::from_secs(config.auth_jwks_min_refresh_seconds),
+    };
+    let load = async { Jwks::load(crate::adapters::jwks::source(location)?, settings).await };
+    load.await.map(Some).map_err(StartError::Jwks)
+}
+
+/// What tokens must be signed with and say, from the configuration.
+pub fn auth_settings(config: &Config) -> AuthSettings {
+    AuthSettings {
+        secrets: config
+            .shared_secrets()
+            .into_iter()
+            .map(|(kid, secret)| SharedSecret { kid, secret })
+            .collect(),
+        issuer: config.auth_jwt_issuer.clone(),
+        audience: config.auth_jwt_audience.clone(),
     }
 }
 
@@ -312,6 +344,8 @@ pub enum StartError {
     Backend(#[from] Error),
     #[error("database migrations: {0}")]
     Migrate(#[from] MigrateError),
+    #[error("AUTH_JWKS_URL: {0}")]
+    Jwks(Error),
     #[error("cannot listen on {addr} ({variable}): {source}")]
     Bind {
         variable: &'static str,
@@ -369,7 +403,7 @@ impl FromRef<AppState> for Sessions {
 impl AppState {
     pub fn new(config: Config, backends: Backends) -> Self {
         let metrics = backends.metrics.clone();
-        let auth = Authenticator::new(&config.auth_jwt_secret);
+        let auth = Authenticator::with(auth_settings(&config), backends.jwks.clone());
         let auditor = Auditor::new(
             backends.audit.clone(),
             config.audit_enabled,

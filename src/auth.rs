@@ -1,15 +1,26 @@
-//! Bearer tokens: HS256 JWTs whose `sub` is the user id and whose `exp` is
-//! required. Tokens and the secret never reach a log line.
+//! Bearer tokens: JWTs whose `sub` is the user id and whose `exp` is
+//! required; `nbf` is enforced, and `iss` and `aud` when configured
+//! (`AUTH_JWT_ISSUER`, `AUTH_JWT_AUDIENCE`). A token is signed either with
+//! HS256 by one of the shared secrets (`AUTH_JWT_SECRET`, and for rotation
+//! `AUTH_JWT_SECRETS`, picked by the token's `kid` when it names one), or by
+//! an identity provider's key (RS*, PS*, ES256/384, EdDSA) from its JWKS
+//! (`AUTH_JWKS_URL`, see `jwks.rs`). Each algorithm is verified only with
+//! keys of its own family. Tokens and secrets never reach a log line.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::{header, HeaderMap};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, TokenData, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::collab::input::UserId;
 use crate::error::Error;
+
+mod jwks;
+
+pub use jwks::{Jwks, JwksSettings};
 
 /// The claims read and written. Only `sub` and `exp` are required; `nbf`,
 /// when present, is enforced; `iat` is informational.
@@ -34,11 +45,44 @@ struct Claims {
 /// more than this.
 pub const LEEWAY_SECONDS: u64 = 5;
 
-/// Signs and verifies tokens with one shared secret.
+/// One HS256 secret, with the `kid` that selects it if it has one.
+#[derive(Clone)]
+pub struct SharedSecret {
+    pub kid: Option<String>,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for SharedSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SharedSecret {{ kid: {:?}, .. }}", self.kid)
+    }
+}
+
+/// What a token must be signed with and say about itself.
+#[derive(Clone, Debug, Default)]
+pub struct AuthSettings {
+    /// HS256 secrets; the first one also mints (`collabd token`). May be
+    /// empty when an identity provider signs every token.
+    pub secrets: Vec<SharedSecret>,
+    /// `AUTH_JWT_ISSUER`: the `iss` every token must carry.
+    pub issuer: Option<String>,
+    /// `AUTH_JWT_AUDIENCE`: a value every token's `aud` must hold.
+    pub audience: Option<String>,
+}
+
+/// Signs and verifies tokens.
 #[derive(Clone)]
 pub struct Authenticator {
-    keys: Arc<(EncodingKey, DecodingKey)>,
-    validation: Arc<Validation>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// The first shared secret's, for minting.
+    mint: Option<EncodingKey>,
+    shared: Vec<(Option<String>, DecodingKey)>,
+    jwks: Option<Jwks>,
+    issuer: Option<String>,
+    audience: Option<String>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -48,22 +92,49 @@ impl std::fmt::Debug for Authenticator {
 }
 
 impl Authenticator {
+    /// One HS256 secret, no issuer or audience: development, tests and
+    /// `collabd token`.
     pub fn new(secret: &str) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        validation.validate_nbf = true;
-        validation.leeway = LEEWAY_SECONDS;
+        let settings = AuthSettings {
+            secrets: vec![SharedSecret {
+                kid: None,
+                secret: secret.to_owned(),
+            }],
+            ..AuthSettings::default()
+        };
+        Authenticator::with(settings, None)
+    }
+
+    /// Shared secrets and, when given, an identity provider's keys.
+    pub fn with(settings: AuthSettings, jwks: Option<Jwks>) -> Self {
+        let shared = settings
+            .secrets
+            .iter()
+            .map(|s| (s.kid.clone(), DecodingKey::from_secret(s.secret.as_bytes())))
+            .collect();
+        let mint = settings
+            .secrets
+            .first()
+            .map(|s| EncodingKey::from_secret(s.secret.as_bytes()));
         Authenticator {
-            keys: Arc::new((
-                EncodingKey::from_secret(secret.as_bytes()),
-                DecodingKey::from_secret(secret.as_bytes()),
-            )),
-            validation: Arc::new(validation),
+            inner: Arc::new(Inner {
+                mint,
+                shared,
+                jwks,
+                issuer: settings.issuer,
+                audience: settings.audience,
+            }),
         }
     }
 
-    /// Mints a token for `user_id` valid for `ttl`.
+    /// Mints a token for `user_id` valid for `ttl`, with the first shared
+    /// secret (and its `kid`, if it has one).
     pub fn mint(&self, user_id: &str, ttl: Duration) -> Result<String, Error> {
+        let key = self
+            .inner
+            .mint
+            .as_ref()
+            .ok_or_else(|| Error::internal("no shared secret to mint tokens with"))?;
         let user_id = UserId::parse(user_id)?;
         let now = unix_now();
         let claims = Claims {
@@ -72,36 +143,85 @@ impl Authenticator {
             nbf: None,
             exp: now.saturating_add(ttl.as_secs()),
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.keys.0)
-            .map_err(Error::internal)
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, key).map_err(Error::internal)
     }
 
     /// Returns the user id of a valid token.
-    pub fn verify(&self, token: &str) -> Result<UserId, Error> {
-        let data =
-            jsonwebtoken::decode::<Claims>(token, &self.keys.1, &self.validation).map_err(|e| {
-                match e.kind() {
-                    jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
-                        Error::Unauthorized("token expired")
-                    }
-                    jsonwebtoken::errors::ErrorKind::ImmatureSignature => {
-                        Error::Unauthorized("token is not valid yet (nbf)")
-                    }
-                    jsonwebtoken::errors::ErrorKind::InvalidSignature => {
-                        Error::Unauthorized("token signature is invalid")
-                    }
-                    jsonwebtoken::errors::ErrorKind::MissingRequiredClaim(_) => {
-                        Error::Unauthorized("token lacks a required claim (sub, exp)")
-                    }
-                    _ => Error::Unauthorized("token is malformed"),
-                }
-            })?;
+    pub async fn verify(&self, token: &str) -> Result<UserId, Error> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| Error::Unauthorized("token is malformed"))?;
+        let kid = header.kid.as_deref();
+        let data = match header.alg {
+            Algorithm::HS256 => self.verify_shared(token, kid)?,
+            Algorithm::HS384 | Algorithm::HS512 => {
+                return Err(Error::Unauthorized("token algorithm is not accepted"))
+            }
+            alg => {
+                let jwks = self
+                    .inner
+                    .jwks
+                    .as_ref()
+                    .ok_or(Error::Unauthorized("token algorithm is not accepted"))?;
+                let key = jwks.key_for(kid, alg).await?;
+                jsonwebtoken::decode::<Claims>(token, &key, &self.validation(alg))
+                    .map_err(refusal)?
+            }
+        };
         UserId::parse(data.claims.sub)
             .map_err(|_| Error::Unauthorized("token subject is not a valid user id"))
     }
 
+    /// HS256: the secret the token's `kid` names, else each in turn.
+    fn verify_shared(&self, token: &str, kid: Option<&str>) -> Result<TokenData<Claims>, Error> {
+        let named: Vec<&DecodingKey> = self
+            .inner
+            .shared
+            .iter()
+            .filter(|(k, _)| kid.is_some() && k.as_deref() == kid)
+            .map(|(_, key)| key)
+            .collect();
+        let candidates: Vec<&DecodingKey> = if named.is_empty() {
+            self.inner.shared.iter().map(|(_, key)| key).collect()
+        } else {
+            named
+        };
+        let validation = self.validation(Algorithm::HS256);
+        let mut last = Error::Unauthorized("token signature is invalid");
+        for key in candidates {
+            match jsonwebtoken::decode::<Claims>(token, key, &validation) {
+                Ok(data) => return Ok(data),
+                // Another secret may have signed it.
+                Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => last = refusal(e),
+                // The signature held: what is wrong is the token itself.
+                Err(e) => return Err(refusal(e)),
+            }
+        }
+        Err(last)
+    }
+
+    fn validation(&self, alg: Algorithm) -> Validation {
+        let mut validation = Validation::new(alg);
+        let mut required = vec!["exp", "sub"];
+        validation.validate_nbf = true;
+        validation.leeway = LEEWAY_SECONDS;
+        if let Some(issuer) = &self.inner.issuer {
+            validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        match &self.inner.audience {
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                required.push("aud");
+            }
+            // Providers set `aud` for their own reasons: unchecked unless asked.
+            None => validation.validate_aud = false,
+        }
+        validation.set_required_spec_claims(&required);
+        validation
+    }
+
     /// Verifies the `Authorization: Bearer` header.
-    pub fn verify_headers(&self, headers: &HeaderMap) -> Result<UserId, Error> {
+    pub async fn verify_headers(&self, headers: &HeaderMap) -> Result<UserId, Error> {
         let value = headers
             .get(header::AUTHORIZATION)
             .ok_or(Error::Unauthorized("missing bearer token"))?;
@@ -112,8 +232,22 @@ impl Authenticator {
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
             .ok_or(Error::Unauthorized("authorization must be a Bearer token"))?;
-        self.verify(token.trim())
+        self.verify(token.trim()).await
     }
+}
+
+/// Why a token was refused, in words a client can act on.
+fn refusal(e: jsonwebtoken::errors::Error) -> Error {
+    Error::Unauthorized(match e.kind() {
+        ErrorKind::ExpiredSignature => "token expired",
+        ErrorKind::ImmatureSignature => "token is not valid yet (nbf)",
+        ErrorKind::InvalidSignature => "token signature is invalid",
+        ErrorKind::InvalidIssuer => "token issuer is not accepted",
+        ErrorKind::InvalidAudience => "token audience is not accepted",
+        ErrorKind::InvalidAlgorithm => "token algorithm does not match its key",
+        ErrorKind::MissingRequiredClaim(_) => "token lacks a required claim (sub, exp, iss, aud)",
+        _ => "token is malformed",
+    })
 }
 
 fn unix_now() -> u64 {
@@ -133,24 +267,24 @@ pub struct AuthUser(pub UserId);
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_minted_token_verifies_to_its_user() {
+    #[tokio::test]
+    async fn a_minted_token_verifies_to_its_user() {
         let auth = Authenticator::new("secret");
         let token = auth.mint("alice", Duration::from_secs(60)).unwrap();
-        assert_eq!(auth.verify(&token).unwrap().as_str(), "alice");
+        assert_eq!(auth.verify(&token).await.unwrap().as_str(), "alice");
     }
 
-    #[test]
-    fn a_token_signed_with_another_secret_is_refused() {
+    #[tokio::test]
+    async fn a_token_signed_with_another_secret_is_refused() {
         let token = Authenticator::new("one")
             .mint("alice", Duration::from_secs(60))
             .unwrap();
-        let err = Authenticator::new("two").verify(&token).unwrap_err();
+        let err = Authenticator::new("two").verify(&token).await.unwrap_err();
         assert_eq!(err.code(), "unauthorized");
     }
 
-    #[test]
-    fn expired_and_garbage_tokens_are_refused() {
+    #[tokio::test]
+    async fn expired_and_garbage_tokens_are_refused() {
         let auth = Authenticator::new("secret");
         let claims = Claims {
             sub: "alice".into(),
@@ -158,16 +292,21 @@ mod tests {
             nbf: None,
             exp: 2,
         };
-        let old = jsonwebtoken::encode(&Header::default(), &claims, &auth.keys.0).unwrap();
+        let old = jsonwebtoken::encode(
+            &Header::default(),
+            &claims,
+            auth.inner.mint.as_ref().unwrap(),
+        )
+        .unwrap();
         assert!(matches!(
-            auth.verify(&old),
+            auth.verify(&old).await,
             Err(Error::Unauthorized("token expired"))
         ));
-        assert!(auth.verify("not.a.token").is_err());
+        assert!(auth.verify("not.a.token").await.is_err());
     }
 
-    #[test]
-    fn a_subject_outside_the_user_id_alphabet_is_refused() {
+    #[tokio::test]
+    async fn a_subject_outside_the_user_id_alphabet_is_refused() {
         let auth = Authenticator::new("secret");
         let claims = Claims {
             sub: "bad user".into(),
@@ -175,39 +314,99 @@ mod tests {
             nbf: None,
             exp: unix_now() + 60,
         };
-        let token = jsonwebtoken::encode(&Header::default(), &claims, &auth.keys.0).unwrap();
-        assert!(auth.verify(&token).is_err());
+        let token = jsonwebtoken::encode(
+            &Header::default(),
+            &claims,
+            auth.inner.mint.as_ref().unwrap(),
+        )
+        .unwrap();
+        assert!(auth.verify(&token).await.is_err());
     }
 
     /// A token with exactly these claims, signed with `auth`'s secret.
     fn signed(auth: &Authenticator, claims: serde_json::Value) -> String {
-        jsonwebtoken::encode(&Header::default(), &claims, &auth.keys.0).unwrap()
+        jsonwebtoken::encode(
+            &Header::default(),
+            &claims,
+            auth.inner.mint.as_ref().unwrap(),
+        )
+        .unwrap()
     }
 
-    #[test]
-    fn only_sub_and_exp_are_required() {
+    #[tokio::test]
+    async fn only_sub_and_exp_are_required() {
         let auth = Authenticator::new("secret");
         let minimal = signed(
             &auth,
             serde_json::json!({ "sub": "alice", "exp": unix_now() + 60 }),
         );
-        assert_eq!(auth.verify(&minimal).unwrap().as_str(), "alice");
+        assert_eq!(auth.verify(&minimal).await.unwrap().as_str(), "alice");
         let fractional_iat = signed(
             &auth,
             serde_json::json!({ "sub": "alice", "exp": unix_now() + 60, "iat": 1.5 }),
         );
-        assert!(auth.verify(&fractional_iat).is_ok());
+        assert!(auth.verify(&fractional_iat).await.is_ok());
         let no_exp = signed(&auth, serde_json::json!({ "sub": "alice" }));
         assert!(matches!(
-            auth.verify(&no_exp),
+            auth.verify(&no_exp).await,
             Err(Error::Unauthorized(
-                "token lacks a required claim (sub, exp)"
+                "token lacks a required claim (sub, exp, iss, aud)"
             ))
         ));
     }
 
-    #[test]
-    fn a_token_not_valid_before_a_time_to_come_is_refused_beyond_the_leeway() {
+    /// Secrets for rotation: a token naming a `kid` is checked with that
+    /// secret only; one naming none, with each in turn.
+    #[tokio::test]
+    async fn rotated_secrets_are_picked_by_kid_or_tried_in_turn() {
+        let secret = |kid: Option<&str>, secret: &str| SharedSecret {
+            kid: kid.map(str::to_owned),
+            secret: secret.to_owned(),
+        };
+        let auth = Authenticator::with(
+            AuthSettings {
+                secrets: vec![secret(None, "current"), secret(Some("k2"), "previous")],
+                ..AuthSettings::default()
+            },
+            None,
+        );
+        let claims = serde_json::json!({ "sub": "alice", "exp": unix_now() + 60 });
+        let sign = |kid: Option<&str>, secret: &str| {
+            let header = Header {
+                kid: kid.map(str::to_owned),
+                ..Header::new(Algorithm::HS256)
+            };
+            jsonwebtoken::encode(
+                &header,
+                &claims,
+                &EncodingKey::from_secret(secret.as_bytes()),
+            )
+            .unwrap()
+        };
+        assert!(auth.verify(&sign(Some("k2"), "previous")).await.is_ok());
+        assert!(auth.verify(&sign(None, "previous")).await.is_ok());
+        assert!(auth.verify(&sign(None, "current")).await.is_ok());
+        // Named k2 but signed with another secret: k2's is the only one tried.
+        assert!(matches!(
+            auth.verify(&sign(Some("k2"), "current")).await,
+            Err(Error::Unauthorized("token signature is invalid"))
+        ));
+        assert!(auth.verify(&sign(None, "unknown")).await.is_err());
+        // Minting uses the first.
+        let minted = auth.mint("bob", Duration::from_secs(60)).unwrap();
+        assert!(Authenticator::new("current").verify(&minted).await.is_ok());
+        // HS384 is not accepted, whatever the secret.
+        let hs384 = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS384),
+            &claims,
+            &EncodingKey::from_secret(b"current"),
+        )
+        .unwrap();
+        assert!(auth.verify(&hs384).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_token_not_valid_before_a_time_to_come_is_refused_beyond_the_leeway() {
         let auth = Authenticator::new("secret");
         let token_from = |nbf: u64| {
             signed(
@@ -216,14 +415,15 @@ mod tests {
             )
         };
         assert!(matches!(
-            auth.verify(&token_from(unix_now() + 3600)),
+            auth.verify(&token_from(unix_now() + 3600)).await,
             Err(Error::Unauthorized("token is not valid yet (nbf)"))
         ));
-        assert!(auth.verify(&token_from(unix_now() + 60)).is_err());
+        assert!(auth.verify(&token_from(unix_now() + 60)).await.is_err());
         // Within the leeway, and already valid: accepted.
         assert!(auth
             .verify(&token_from(unix_now() + LEEWAY_SECONDS - 2))
+            .await
             .is_ok());
-        assert!(auth.verify(&token_from(unix_now() - 60)).is_ok());
+        assert!(auth.verify(&token_from(unix_now() - 60)).await.is_ok());
     }
 }

@@ -103,6 +103,14 @@ pub struct MigrateArgs {
     pub database_connect_timeout_seconds: u64,
 }
 
+/// An `AUTH_JWT_SECRETS` entry: `kid:secret`, or a secret alone.
+fn split_kid(entry: &str) -> (Option<&str>, &str) {
+    match entry.split_once(':') {
+        Some((kid, secret)) if !kid.is_empty() => (Some(kid), secret),
+        _ => (None, entry),
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum AppEnv {
     Dev,
@@ -247,9 +255,39 @@ pub struct Config {
     /// Log filter in `tracing` EnvFilter syntax, e.g. `info,collabd=debug`.
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     pub log_level: String,
-    /// HS256 secret for bearer tokens. Never logged.
+    /// HS256 secret for bearer tokens; also signs `collabd token`'s. Never
+    /// logged. In prod it may be left unset when AUTH_JWKS_URL or
+    /// AUTH_JWT_SECRETS says how tokens are signed.
     #[arg(long, env = "AUTH_JWT_SECRET", default_value = DEV_JWT_SECRET, hide_env_values = true, hide_default_value = true)]
     pub auth_jwt_secret: String,
+    /// More HS256 secrets accepted, for rotation: comma-separated `kid:secret`
+    /// (used for tokens whose header names that `kid`) or `secret` (tried in
+    /// turn). Never logged.
+    #[arg(
+        long,
+        env = "AUTH_JWT_SECRETS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub auth_jwt_secrets: Vec<String>,
+    /// An identity provider's JWKS (RS256/384/512, PS*, ES256/384, EdDSA
+    /// keys): an `https://` URL, or a file (`file:///path` or a path).
+    #[arg(long, env = "AUTH_JWKS_URL")]
+    pub auth_jwks_url: Option<String>,
+    /// The JWKS is fetched again once its copy is this old: a key the
+    /// provider removed stops verifying within this.
+    #[arg(long, env = "AUTH_JWKS_REFRESH_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub auth_jwks_refresh_seconds: u64,
+    /// A token with an unknown `kid` fetches the JWKS again, at most once
+    /// per this long, whatever the traffic.
+    #[arg(long, env = "AUTH_JWKS_MIN_REFRESH_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=3_600))]
+    pub auth_jwks_min_refresh_seconds: u64,
+    /// When set, every token's `iss` must be exactly this.
+    #[arg(long, env = "AUTH_JWT_ISSUER")]
+    pub auth_jwt_issuer: Option<String>,
+    /// When set, every token's `aud` must hold this value.
+    #[arg(long, env = "AUTH_JWT_AUDIENCE")]
+    pub auth_jwt_audience: Option<String>,
     /// A client must send a request's whole head (line and headers) within
     /// this long of its first byte (of connecting, for the first request),
     /// or its connection is closed.
@@ -467,17 +505,48 @@ impl Config {
             .config
     }
 
+    /// The HS256 secrets accepted, as (kid, secret), the minting one first.
+    /// In prod the built-in dev secret is never among them.
+    pub fn shared_secrets(&self) -> Vec<(Option<String>, String)> {
+        let dev_only = self.app_env == AppEnv::Prod && self.auth_jwt_secret == DEV_JWT_SECRET;
+        let main = (!dev_only).then(|| (None, self.auth_jwt_secret.clone()));
+        main.into_iter()
+            .chain(self.auth_jwt_secrets.iter().map(|entry| {
+                let (kid, secret) = split_kid(entry);
+                (kid.map(str::to_owned), secret.to_owned())
+            }))
+            .collect()
+    }
+
     /// Checks the rules a single flag cannot express, one `ensure` each.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let prod = self.app_env == AppEnv::Prod;
         let secret = &self.auth_jwt_secret;
-        ensure(!prod || secret != DEV_JWT_SECRET, "AUTH_JWT_SECRET", || {
-            "APP_ENV=prod needs a real secret, not the built-in dev one".into()
-        })?;
+        let other_signers = self.auth_jwks_url.is_some() || !self.auth_jwt_secrets.is_empty();
         ensure(
-            !prod || secret.len() >= MIN_PROD_SECRET_BYTES,
+            !prod || secret != DEV_JWT_SECRET || other_signers,
+            "AUTH_JWT_SECRET",
+            || {
+                "APP_ENV=prod needs a real secret, not the built-in dev one (or AUTH_JWKS_URL)"
+                    .into()
+            },
+        )?;
+        ensure(
+            !prod || secret == DEV_JWT_SECRET || secret.len() >= MIN_PROD_SECRET_BYTES,
             "AUTH_JWT_SECRET",
             || format!("must be at least {MIN_PROD_SECRET_BYTES} bytes in prod"),
+        )?;
+        let short = self.auth_jwt_secrets.iter().find(|entry| {
+            let secret = split_kid(entry).1;
+            secret.is_empty() || (prod && secret.len() < MIN_PROD_SECRET_BYTES)
+        });
+        ensure(short.is_none(), "AUTH_JWT_SECRETS", || {
+            format!("every secret must be non-empty, and at least {MIN_PROD_SECRET_BYTES} bytes in prod")
+        })?;
+        ensure(
+            self.auth_jwks_min_refresh_seconds <= self.auth_jwks_refresh_seconds,
+            "AUTH_JWKS_MIN_REFRESH_SECONDS",
+            || "must not exceed AUTH_JWKS_REFRESH_SECONDS".into(),
         )?;
         ensure(!secret.is_empty(), "AUTH_JWT_SECRET", || {
             "must not be empty".into()

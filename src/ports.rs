@@ -258,6 +258,16 @@ pub trait HealthCheck: Send + Sync + 'static {
     async fn check(&self) -> Result<(), Error>;
 }
 
+/// Where an identity provider publishes its signing keys: a JWKS document
+/// (RFC 7517), fetched again whenever the keys may have rotated.
+#[async_trait]
+pub trait KeySetSource: Send + Sync + 'static {
+    /// The document as published now.
+    async fn fetch(&self) -> Result<String, Error>;
+    /// Where it comes from, for messages (a URL or a path; no secret).
+    fn describe(&self) -> String;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,8 +5,10 @@
 //! - [`redis`]: fanout, rate limits, socket leases, leadership (cluster mode).
 //! - [`fallback`]: a rate limiter that applies `RATE_LIMIT_FAIL_MODE` when
 //!   the shared one fails.
+//! - [`jwks`]: an identity provider's key set, over HTTP(S) or from a file.
 
 pub mod fallback;
+pub mod jwks;
 pub mod memory;
 pub mod postgres;
 pub mod redis;

@@ -107,7 +107,11 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let user = match parts.extensions.get::<AuthUser>() {
             Some(user) => user.clone(),
-            None => AuthUser(Authenticator::from_ref(state).verify_headers(&parts.headers)?),
+            None => AuthUser(
+                Authenticator::from_ref(state)
+                    .verify_headers(&parts.headers)
+                    .await?,
+            ),
         };
         tracing::Span::current().record("user_id", user.0.as_str());
         Ok(user)

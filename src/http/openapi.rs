@@ -37,7 +37,9 @@ impl utoipa::Modify for BearerAuth {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .bearer_format("JWT")
-                    .description(Some("HS256; claims sub (the user id) and exp"))
+                    .description(Some(
+                        "A JWT: HS256 with a shared secret, or RS256/ES256 (and others) from the identity provider's JWKS; claims sub (the user id) and exp, iss and aud when configured",
+                    ))
                     .build(),
             ),
         );

@@ -79,7 +79,7 @@ pub async fn rate_limit(State(state): State<RateLimits>, mut req: Request, next:
     // Key by the verified user when the token is good; the handler will
     // reuse this result rather than verify again. A bad token is keyed by
     // IP, and the handler refuses it.
-    let subject = match state.auth.verify_headers(req.headers()) {
+    let subject = match state.auth.verify_headers(req.headers()).await {
         Ok(user) => {
             let key = format!("user:{user}");
             req.extensions_mut().insert(AuthUser(user));

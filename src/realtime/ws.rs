@@ -122,7 +122,7 @@ async fn upgrade(
     }
     let ws = ws.map_err(|_| Error::Validation("expected a WebSocket upgrade request".into()))?;
     check_origin(&headers, &sessions.settings.allowed_origins)?;
-    let user_id = authenticate(&sessions.auth, &params, &headers)?;
+    let user_id = authenticate(&sessions.auth, &params, &headers).await?;
     tracing::Span::current().record("user_id", user_id.as_str());
     let since = since_of(&params)?;
     let draft = sessions.collab.draft(draft_id).await?;
@@ -169,14 +169,14 @@ async fn upgrade(
 
 /// The caller: the `Authorization` header, or (for browsers, which cannot
 /// set headers on a WebSocket) the `access_token` query parameter.
-fn authenticate(
+async fn authenticate(
     auth: &Authenticator,
     params: &HashMap<String, String>,
     headers: &HeaderMap,
 ) -> Result<UserId, Error> {
     match params.get("access_token") {
-        Some(token) if !headers.contains_key(header::AUTHORIZATION) => auth.verify(token),
-        _ => auth.verify_headers(headers),
+        Some(token) if !headers.contains_key(header::AUTHORIZATION) => auth.verify(token).await,
+        _ => auth.verify_headers(headers).await,
     }
 }
 

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::common::{closed_addr, refused_start};
+
 const SECRET: &str = "a-production-secret-of-at-least-32-bytes!";
 const DEADLINE: Duration = Duration::from_secs(15);
 
@@ -17,19 +19,9 @@ fn collabd() -> Command {
     crate::common::collabd_command()
 }
 
-fn stderr_of(cmd: &mut Command) -> (bool, String) {
-    let output = cmd.output().unwrap();
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn prod_without_a_real_secret_refuses_to_start_with_one_line() {
-    let (ok, stderr) = stderr_of(collabd().env("APP_ENV", "prod"));
-    assert!(!ok);
-    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    let (stderr, _) = refused_start(collabd().env("APP_ENV", "prod"));
     assert!(stderr.contains("AUTH_JWT_SECRET"), "{stderr}");
 }
 
@@ -41,9 +33,7 @@ fn invalid_values_name_their_variable_in_one_line() {
         ("AUDIT_SAMPLE_RATE", "2.5"),
         ("APP_ENV", "staging"),
     ] {
-        let (ok, stderr) = stderr_of(collabd().env(var, value));
-        assert!(!ok, "{var}={value} started");
-        assert_eq!(stderr.trim().lines().count(), 1, "{var}: {stderr}");
+        let (stderr, _) = refused_start(collabd().env(var, value));
         assert!(stderr.contains(var), "{var}: {stderr}");
     }
 }
@@ -273,28 +263,18 @@ async fn the_console_exporter_prints_spans_with_the_callers_trace() {
 fn a_taken_port_is_named_in_one_line() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let output = collabd()
-        .env("PORT", "0")
-        .env("METRICS_ADDR", &addr)
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    let (stderr, stdout) = refused_start(collabd().env("PORT", "0").env("METRICS_ADDR", &addr));
     assert!(
         stderr.contains("METRICS_ADDR") && stderr.contains(&addr),
         "{stderr}"
     );
     // Said once: not again as a log line on stdout.
-    let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(!stdout.contains(&addr), "{stdout}");
 }
 
 #[test]
 fn a_missing_argument_is_named_in_one_line() {
-    let (ok, stderr) = stderr_of(collabd().arg("token"));
-    assert!(!ok);
-    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    let (stderr, _) = refused_start(collabd().arg("token"));
     assert!(stderr.contains("--user"), "{stderr}");
 }
 
@@ -314,25 +294,16 @@ fn log_format_text_is_the_pretty_format() {
 #[tokio::test]
 async fn an_unreachable_redis_stops_the_start_with_one_line() {
     let db = crate::common::pg::TestDb::create().await;
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = closed.local_addr().unwrap();
-    drop(closed);
-    let mut cmd = tokio::process::Command::from(collabd());
-    let output = cmd
-        .env("DATABASE_URL", db.url())
-        .env("REDIS_URL", format!("redis://:hunter2@{addr}/0"))
-        .env("REDIS_KEY_PREFIX", crate::common::redis::unique_prefix())
-        .env("PORT", "0")
-        .env("METRICS_ADDR", "127.0.0.1:0")
-        .env("LOG_FORMAT", "json")
-        .output();
-    let output = tokio::time::timeout(DEADLINE, output)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    let addr = closed_addr();
+    let (stderr, _) = refused_start(
+        collabd()
+            .env("DATABASE_URL", db.url())
+            .env("REDIS_URL", format!("redis://:hunter2@{addr}/0"))
+            .env("REDIS_KEY_PREFIX", crate::common::redis::unique_prefix())
+            .env("PORT", "0")
+            .env("METRICS_ADDR", "127.0.0.1:0")
+            .env("LOG_FORMAT", "json"),
+    );
     assert!(
         stderr.contains("REDIS_URL") && stderr.contains(&addr.to_string()),
         "{stderr}"

@@ -38,6 +38,7 @@ fn layer_of(module: &str) -> Layer {
         _ => match top {
             "config" | "telemetry" | "error" | "text" => Layer::Leaf,
             "ports" => Layer::Ports,
+            "auth" => Layer::Service,
             "adapters" => Layer::Adapters,
             "http" => Layer::Transport,
             "app" | "main" => Layer::Root,

@@ -18,6 +18,7 @@ mod delivery;
 mod deploy;
 mod edges;
 mod gcra_lua;
+mod identity;
 mod layers;
 mod metrics;
 mod outages;

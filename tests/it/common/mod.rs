@@ -39,6 +39,22 @@ pub fn collabd_command() -> std::process::Command {
     cmd
 }
 
+/// Runs a `collabd` command that must refuse to start, asserts that it said
+/// why in exactly one line on stderr, and returns (that line, stdout).
+pub fn refused_start(cmd: &mut std::process::Command) -> (String, String) {
+    let output = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+    assert!(!output.status.success(), "it started: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    (stderr, String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// An address nothing listens on (it did a moment ago).
+pub fn closed_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
 /// How long any single wait in a test may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(15);
 
