@@ -20,6 +20,20 @@ local function keys_of(inc)
   return prefix .. ':sockets', prefix .. ':users', prefix .. ':drafts'
 end
 
+-- Every key lives no longer than the lease that owns it: an incarnation's
+-- records expire with its lease, the set of incarnations with the latest
+-- one. If every replica dies, nothing is left once the last lease lapsed.
+local function expire_with_lease(inc)
+  local expiry = redis.call('ZSCORE', incarnations, inc)
+  if not expiry then return end
+  local sockets, users, drafts = keys_of(inc)
+  redis.call('PEXPIREAT', sockets, expiry)
+  redis.call('PEXPIREAT', users, expiry)
+  redis.call('PEXPIREAT', drafts, expiry)
+  local latest = redis.call('ZRANGE', incarnations, -1, -1, 'WITHSCORES')
+  redis.call('PEXPIREAT', incarnations, latest[2])
+end
+
 -- Forget incarnations whose lease lapsed, with their counts.
 for _, inc in ipairs(redis.call('ZRANGEBYSCORE', incarnations, '-inf', now)) do
   local sockets, users, drafts = keys_of(inc)
@@ -42,6 +56,7 @@ if op == 'register' then
     redis.call('HINCRBY', users, ARGV[i + 1], 1)
     redis.call('HINCRBY', drafts, ARGV[i + 2], 1)
   end
+  expire_with_lease(inc)
   return redis.call('ZCARD', incarnations)
 end
 
@@ -53,6 +68,7 @@ if op == 'renew' then
     return 0
   end
   redis.call('ZADD', incarnations, now + ttl, inc)
+  expire_with_lease(inc)
   return redis.call('ZCARD', incarnations)
 end
 
@@ -82,6 +98,7 @@ if op == 'acquire' then
   redis.call('HSET', sockets, conn, user .. '\n' .. draft)
   redis.call('HINCRBY', users, user, 1)
   redis.call('HINCRBY', drafts, draft, 1)
+  expire_with_lease(inc)
   return {1, 'admitted'}
 end
 

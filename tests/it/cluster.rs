@@ -606,3 +606,35 @@ async fn a_drain_fails_readiness_first_and_serves_until_the_delay_is_over() {
     ws.expect_closed("shutdown", 1001).await;
     assert!(cluster.replicas[0].terminate().await.success());
 }
+
+/// docs/CLUSTER.md: every key collabd writes expires by itself, so a
+/// deployment whose replicas all died leaves nothing behind in Redis.
+#[tokio::test]
+async fn a_deployment_whose_replicas_all_died_leaves_nothing_in_redis() {
+    let mut cluster = Cluster::start(
+        1,
+        base_url(),
+        &[
+            ("WS_LIMITS_ENABLED", "true"),
+            ("WS_LEASE_TTL_SECONDS", "2"),
+            ("RATE_LIMIT_ENABLED", "true"),
+            ("STATE_METRICS_INTERVAL_SECONDS", "1"),
+        ],
+    )
+    .await;
+    let id = cluster.replica(0).create_draft("alice", "Left").await;
+    let (_ws, _) = cluster.replica(0).ws("alice", &id, None).await;
+    let prefix = cluster.prefix.prefix.clone();
+    let keys = || crate::common::redis::keys_under(&cluster.redis_url, &prefix);
+    // A lease, a socket record, a rate-limit bucket and the gauges' leader.
+    eventually(|| async {
+        let keys = keys().await;
+        ["incarnations", ":sockets", "rl:", "leader:"]
+            .iter()
+            .all(|kind| keys.iter().any(|k| k.contains(kind)))
+    })
+    .await;
+    // SIGKILL: nobody deletes anything; it all expires.
+    cluster.replicas[0].kill().await;
+    eventually(|| async { keys().await.is_empty() }).await;
+}

@@ -113,6 +113,20 @@ pub async fn client(url: &str) -> fred::clients::Client {
     client
 }
 
+/// Every key under `prefix` (hash-tagged keys included).
+pub async fn keys_under(url: &str, prefix: &str) -> Vec<String> {
+    let client = client(url).await;
+    let mut found = Vec::new();
+    for pattern in [format!("{prefix}*"), format!("{{{prefix}*")] {
+        let mut scan = client.scan(pattern, Some(500), None);
+        while let Some(Ok(mut page)) = scan.next().await {
+            let keys = page.take_results().unwrap_or_default();
+            found.extend(keys.iter().filter_map(|k| k.as_str().map(str::to_owned)));
+        }
+    }
+    found
+}
+
 /// Deletes every key under `prefix` (hash-tagged keys included).
 pub async fn delete_prefix(url: &str, prefix: &str) {
     let client = client(url).await;
