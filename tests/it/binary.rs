@@ -313,3 +313,27 @@ async fn an_unreachable_redis_stops_the_start_with_one_line() {
         "the password was printed: {stderr}"
     );
 }
+
+#[test]
+fn an_unreachable_postgres_stops_the_start_with_one_line() {
+    let addr = closed_addr();
+    let (stderr, _) = refused_start(
+        collabd()
+            .env(
+                "DATABASE_URL",
+                format!("postgres://bob:hunter2@{addr}/collabd"),
+            )
+            .env("PORT", "0")
+            .env("METRICS_ADDR", "127.0.0.1:0"),
+    );
+    assert!(
+        stderr.contains("DATABASE_URL")
+            && stderr.contains(&addr.to_string())
+            && stderr.contains("refused"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("hunter2"),
+        "the password was printed: {stderr}"
+    );
+}

@@ -47,9 +47,17 @@ pub async fn claim(
 ) -> Result<Claim, Error> {
     let config = super::connection_config(settings)?;
     let (client, connection) =
-        tokio::time::timeout(settings.connect_timeout, config.connect(NoTls))
-            .await
-            .map_err(|_| Error::unavailable("postgres: connecting timed out"))??;
+        match tokio::time::timeout(settings.connect_timeout, config.connect(NoTls)).await {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(e)) => return Err(super::unreachable(&config, &e)),
+            Err(_) => {
+                let timed_out = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no answer within DATABASE_CONNECT_TIMEOUT_SECONDS",
+                );
+                return Err(super::unreachable(&config, &timed_out));
+            }
+        };
     let connection = tokio::spawn(async move {
         let _ = connection.await;
     });

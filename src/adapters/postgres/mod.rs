@@ -54,6 +54,35 @@ pub fn pool(settings: &PoolSettings) -> Result<Pool, Error> {
 
 /// How every connection of this replica is made: the URL, the connect
 /// deadline, keepalives and the application name.
+/// One line for a failed first connection: where (hosts and ports, never
+/// the URL, which may hold a password) and why, down to the root cause.
+pub(crate) fn unreachable(config: &tokio_postgres::Config, cause: &dyn std::error::Error) -> Error {
+    let ports = config.get_ports();
+    let addrs: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            match host {
+                tokio_postgres::config::Host::Tcp(name) => format!("{name}:{port}"),
+                #[cfg(unix)]
+                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+            }
+        })
+        .collect();
+    let mut why = cause.to_string();
+    let mut source = cause.source();
+    while let Some(inner) = source {
+        why = format!("{why}: {inner}");
+        source = inner.source();
+    }
+    Error::unavailable(format!(
+        "cannot reach Postgres at {} (DATABASE_URL): {why}",
+        addrs.join(", ")
+    ))
+}
+
 pub(crate) fn connection_config(settings: &PoolSettings) -> Result<tokio_postgres::Config, Error> {
     let mut config: tokio_postgres::Config = settings
         .url
