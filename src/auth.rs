@@ -37,6 +37,12 @@ struct Claims {
     iat: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     nbf: Option<u64>,
+    // Written when minting for a server that checks them; jsonwebtoken's
+    // validation reads them from the token itself.
+    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
+    iss: Option<String>,
+    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
+    aud: Option<String>,
 }
 
 /// Seconds of clock skew tolerated between a token's issuer and this
@@ -128,7 +134,7 @@ impl Authenticator {
     }
 
     /// Mints a token for `user_id` valid for `ttl`, with the first shared
-    /// secret (and its `kid`, if it has one).
+    /// secret, carrying the configured issuer and audience.
     pub fn mint(&self, user_id: &str, ttl: Duration) -> Result<String, Error> {
         let key = self
             .inner
@@ -142,6 +148,8 @@ impl Authenticator {
             iat: Some(now),
             nbf: None,
             exp: now.saturating_add(ttl.as_secs()),
+            iss: self.inner.issuer.clone(),
+            aud: self.inner.audience.clone(),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, key).map_err(Error::internal)
     }
@@ -291,6 +299,8 @@ mod tests {
             iat: Some(1),
             nbf: None,
             exp: 2,
+            iss: None,
+            aud: None,
         };
         let old = jsonwebtoken::encode(
             &Header::default(),
@@ -313,6 +323,8 @@ mod tests {
             iat: Some(unix_now()),
             nbf: None,
             exp: unix_now() + 60,
+            iss: None,
+            aud: None,
         };
         let token = jsonwebtoken::encode(
             &Header::default(),

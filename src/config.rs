@@ -93,6 +93,12 @@ pub struct TokenArgs {
     pub ttl: Duration,
     #[arg(long, env = "AUTH_JWT_SECRET", default_value = DEV_JWT_SECRET, hide_env_values = true, hide_default_value = true)]
     pub auth_jwt_secret: String,
+    /// Written as `iss`, so a server with AUTH_JWT_ISSUER set accepts it.
+    #[arg(long, env = "AUTH_JWT_ISSUER")]
+    pub auth_jwt_issuer: Option<String>,
+    /// Written as `aud`, so a server with AUTH_JWT_AUDIENCE set accepts it.
+    #[arg(long, env = "AUTH_JWT_AUDIENCE")]
+    pub auth_jwt_audience: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -280,7 +286,7 @@ pub struct Config {
     pub auth_jwks_refresh_seconds: u64,
     /// A token with an unknown `kid` fetches the JWKS again, at most once
     /// per this long, whatever the traffic.
-    #[arg(long, env = "AUTH_JWKS_MIN_REFRESH_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=3_600))]
+    #[arg(long, env = "AUTH_JWKS_MIN_REFRESH_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3_600))]
     pub auth_jwks_min_refresh_seconds: u64,
     /// When set, every token's `iss` must be exactly this.
     #[arg(long, env = "AUTH_JWT_ISSUER")]
@@ -536,13 +542,26 @@ impl Config {
             "AUTH_JWT_SECRET",
             || format!("must be at least {MIN_PROD_SECRET_BYTES} bytes in prod"),
         )?;
-        let short = self.auth_jwt_secrets.iter().find(|entry| {
+        let weak = self.auth_jwt_secrets.iter().find(|entry| {
             let secret = split_kid(entry).1;
-            secret.is_empty() || (prod && secret.len() < MIN_PROD_SECRET_BYTES)
+            secret.is_empty()
+                || (prod && (secret.len() < MIN_PROD_SECRET_BYTES || secret == DEV_JWT_SECRET))
         });
-        ensure(short.is_none(), "AUTH_JWT_SECRETS", || {
-            format!("every secret must be non-empty, and at least {MIN_PROD_SECRET_BYTES} bytes in prod")
+        ensure(weak.is_none(), "AUTH_JWT_SECRETS", || {
+            format!("every secret must be non-empty, and in prod at least {MIN_PROD_SECRET_BYTES} bytes and not the dev one")
         })?;
+        ensure(
+            !prod
+                || self
+                    .auth_jwks_url
+                    .as_ref()
+                    .is_none_or(|url| !url.starts_with("http://")),
+            "AUTH_JWKS_URL",
+            || {
+                "must be https:// (or a file) in prod: keys fetched in the clear could be swapped"
+                    .into()
+            },
+        )?;
         ensure(
             self.auth_jwks_min_refresh_seconds <= self.auth_jwks_refresh_seconds,
             "AUTH_JWKS_MIN_REFRESH_SECONDS",
@@ -726,6 +745,35 @@ mod tests {
         assert_eq!(config.validate().unwrap_err().variable, "AUTH_JWT_SECRET");
         config.auth_jwt_secret = "x".repeat(MIN_PROD_SECRET_BYTES);
         assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn prod_with_an_identity_provider_needs_no_secret_but_never_takes_the_dev_one() {
+        let mut config = Config::defaults();
+        config.app_env = AppEnv::Prod;
+        config.auth_jwks_url = Some("https://idp.example/jwks.json".into());
+        assert!(config.validate().is_ok());
+        assert!(config.shared_secrets().is_empty());
+        // Keys fetched in the clear could be swapped on the way.
+        config.auth_jwks_url = Some("http://idp.example/jwks.json".into());
+        assert_eq!(config.validate().unwrap_err().variable, "AUTH_JWKS_URL");
+        config.auth_jwks_url = Some("/etc/collabd/jwks.json".into());
+        assert!(config.validate().is_ok());
+        // Nor through the rotation list.
+        config.auth_jwt_secrets = vec![format!("old:{DEV_JWT_SECRET}")];
+        assert_eq!(config.validate().unwrap_err().variable, "AUTH_JWT_SECRETS");
+        config.auth_jwt_secrets = vec![
+            format!("old:{}", "y".repeat(MIN_PROD_SECRET_BYTES)),
+            "z".repeat(MIN_PROD_SECRET_BYTES),
+        ];
+        assert!(config.validate().is_ok());
+        assert_eq!(
+            config.shared_secrets(),
+            vec![
+                (Some("old".to_owned()), "y".repeat(MIN_PROD_SECRET_BYTES)),
+                (None, "z".repeat(MIN_PROD_SECRET_BYTES)),
+            ]
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use collabd::auth::Authenticator;
+use collabd::auth::{AuthSettings, Authenticator, SharedSecret};
 use collabd::config::{Cli, Command, Config, MigrateArgs};
 use collabd::telemetry::LogFormat;
 
@@ -22,7 +22,15 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Some(Command::Token(args)) => {
-            match Authenticator::new(&args.auth_jwt_secret).mint(&args.user, args.ttl) {
+            let settings = AuthSettings {
+                secrets: vec![SharedSecret {
+                    kid: None,
+                    secret: args.auth_jwt_secret.clone(),
+                }],
+                issuer: args.auth_jwt_issuer.clone(),
+                audience: args.auth_jwt_audience.clone(),
+            };
+            match Authenticator::with(settings, None).mint(&args.user, args.ttl) {
                 Ok(token) => {
                     println!("{token}");
                     ExitCode::SUCCESS

@@ -38,10 +38,10 @@ ensure_command() { # command package
     fi
     echo "installing $2 (for $1)" >&2
     if [ -z "${APT_LISTS_UPDATED:-}" ]; then
-        "${as_root[@]}" apt-get update -qq >&2
+        ${as_root[@]+"${as_root[@]}"} apt-get update -qq >&2
         APT_LISTS_UPDATED=1
     fi
-    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
+    ${as_root[@]+"${as_root[@]}"} env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y -qq --no-install-recommends "$2" >&2
 }
 

@@ -38,12 +38,15 @@ pub fn source(location: &str) -> Result<Arc<dyn KeySetSource>, Error> {
 pub struct HttpJwks {
     client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
     url: Uri,
+    shown: String,
 }
 
 impl HttpJwks {
     pub fn new(url: &str) -> Result<HttpJwks, Error> {
-        let invalid = |e: &dyn std::fmt::Display| Error::internal(format!("{url}: {e}"));
-        let uri: Uri = url.parse().map_err(|e| invalid(&e))?;
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| Error::internal(format!("not a URL: {e}")))?;
+        let invalid = |e: &dyn std::fmt::Display| Error::internal(format!("{}: {e}", shown(&uri)));
         let connector = HttpsConnectorBuilder::new()
             .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
             .map_err(|e| invalid(&format!("no CA certificates to check it with: {e}")))?
@@ -52,16 +55,26 @@ impl HttpJwks {
             .build();
         Ok(HttpJwks {
             client: Client::builder(TokioExecutor::new()).build(connector),
+            shown: shown(&uri),
             url: uri,
         })
     }
+}
+
+/// The URL as messages show it: scheme, host, port and path, without
+/// credentials or a query string that could hold a token.
+fn shown(uri: &Uri) -> String {
+    let scheme = uri.scheme_str().unwrap_or("https");
+    let host = uri.host().unwrap_or_default();
+    let port = uri.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
+    format!("{scheme}://{host}{port}{}", uri.path())
 }
 
 #[async_trait]
 impl KeySetSource for HttpJwks {
     async fn fetch(&self) -> Result<String, Error> {
         let failed = |e: &dyn std::fmt::Display| {
-            Error::unavailable(format!("cannot fetch the JWKS at {}: {e}", self.url))
+            Error::unavailable(format!("cannot fetch the JWKS at {}: {e}", self.shown))
         };
         let fetch = async {
             let response = self
@@ -85,7 +98,7 @@ impl KeySetSource for HttpJwks {
     }
 
     fn describe(&self) -> String {
-        self.url.to_string()
+        self.shown.clone()
     }
 }
 

@@ -6,8 +6,13 @@
 //! verifying within that), and when a token names a `kid` the copy does not
 //! hold (a new key), at most once per `AUTH_JWKS_MIN_REFRESH_SECONDS`
 //! whatever the traffic, so made-up `kid`s cannot turn into a flood of
-//! fetches. A failed refresh keeps the keys already known.
+//! fetches. A copy that is merely old is refreshed in the background while
+//! requests go on with it; only a token naming an unknown `kid` waits for a
+//! fetch. A failed refresh keeps the keys already known (a provider outage
+//! must not lock every user out) and is tried again after the minimum
+//! interval.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -39,6 +44,8 @@ struct Shared {
     /// When the last fetch started; held while one runs, so concurrent
     /// askers wait for it and then use its result.
     last_fetch: tokio::sync::Mutex<Instant>,
+    /// A background refresh of an old copy is under way.
+    refreshing: AtomicBool,
 }
 
 /// One fetch's usable keys.
@@ -81,6 +88,7 @@ impl Jwks {
                 settings,
                 keys: RwLock::new(Arc::new(table)),
                 last_fetch: tokio::sync::Mutex::new(Instant::now()),
+                refreshing: AtomicBool::new(false),
             }),
         })
     }
@@ -92,7 +100,7 @@ impl Jwks {
         alg: Algorithm,
     ) -> Result<DecodingKey, Error> {
         if self.current().fetched.elapsed() >= self.inner.settings.refresh {
-            self.refresh().await;
+            self.refresh_in_background();
         }
         let mut found = self.current().find(kid, alg);
         if matches!(found, Found::Missing) && kid.is_some() {
@@ -115,6 +123,18 @@ impl Jwks {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Starts one refresh that no request waits for.
+    fn refresh_in_background(&self) {
+        if self.inner.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let jwks = self.clone();
+        tokio::spawn(async move {
+            jwks.refresh().await;
+            jwks.inner.refreshing.store(false, Ordering::Release);
+        });
     }
 
     /// Fetches again, unless a fetch started less than `min_refresh` ago

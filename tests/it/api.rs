@@ -560,8 +560,19 @@ async fn the_rate_limit_answers_429_with_headers_and_keys_by_user(kind: Kind) {
     let path = format!("/v1/collab/drafts/{id}/segments");
     let append = app.post("bob", &path, json!({ "content": "x" })).await;
     assert_eq!(append.status, 201, "{}", append.body);
-    let again = app.post("bob", &path, json!({ "content": "y" })).await;
-    assert_eq!(again.code(), "rate_limited");
+    // The bucket is the route's, not the path's: an append to another
+    // draft spends from the same one.
+    let other = app.create_draft("alice", "Alice's").await;
+    assert_eq!(app.add("alice", &other, "bob", "editor").await.status, 201);
+    assert_eq!(app.pass("alice", &other, "bob").await.status, 200);
+    let elsewhere = app
+        .post(
+            "bob",
+            &format!("/v1/collab/drafts/{other}/segments"),
+            json!({ "content": "y" }),
+        )
+        .await;
+    assert_eq!(elsewhere.code(), "rate_limited");
     // Without a valid token the client IP is the key; probes are never limited.
     for _ in 0..5 {
         assert_eq!(

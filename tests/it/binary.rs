@@ -32,6 +32,7 @@ fn invalid_values_name_their_variable_in_one_line() {
         ("RATE_LIMIT_ENABLED", "perhaps"),
         ("AUDIT_SAMPLE_RATE", "2.5"),
         ("APP_ENV", "staging"),
+        ("AUTH_JWKS_MIN_REFRESH_SECONDS", "0"),
     ] {
         let (stderr, _) = refused_start(collabd().env(var, value));
         assert!(stderr.contains(var), "{var}: {stderr}");

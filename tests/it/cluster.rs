@@ -564,7 +564,9 @@ async fn no_content_key_or_token_reaches_the_logs_even_at_trace_level() {
 /// drain delay; then the socket gets its 1001; the process exits cleanly.
 #[tokio::test]
 async fn a_drain_fails_readiness_first_and_serves_until_the_delay_is_over() {
-    let mut cluster = Cluster::start(1, base_url(), &[("SHUTDOWN_DRAIN_DELAY_SECONDS", "5")]).await;
+    // Long enough for the checks below on two busy cores.
+    let mut cluster =
+        Cluster::start(1, base_url(), &[("SHUTDOWN_DRAIN_DELAY_SECONDS", "10")]).await;
     let replica = &cluster.replicas[0];
     let id = replica.create_draft("alice", "Draining").await;
     let (mut ws, _) = replica.ws("alice", &id, None).await;
@@ -602,8 +604,10 @@ async fn a_drain_fails_readiness_first_and_serves_until_the_delay_is_over() {
         Err(other) => panic!("refused with something other than a 503: {other}"),
         Ok(_) => panic!("a new socket was accepted while draining"),
     }
-    // Then the goodbye, and a clean exit.
+    // Then the goodbye, the public listener gone, and a clean exit.
     ws.expect_closed("shutdown", 1001).await;
+    let public_addr = replica.addr;
+    eventually(|| async { tokio::net::TcpStream::connect(public_addr).await.is_err() }).await;
     assert!(cluster.replicas[0].terminate().await.success());
 }
 

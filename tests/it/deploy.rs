@@ -458,15 +458,26 @@ impl Drop for Running {
             .arg("stop")
             .env("CLUSTER_DIR", &self.dir)
             .output();
-        // A failed test keeps the replicas' and nginx's logs to show, and
-        // nothing else: not the JWT secret, not Prometheus's data.
+        // A failed test shows the end of each log, and then the folder goes
+        // too (it holds the JWT secret): nothing is left behind either way.
         if std::thread::panicking() {
-            let _ = std::fs::remove_file(self.dir.join("secret"));
-            let _ = std::fs::remove_dir_all(self.dir.join("prometheus-data"));
-            eprintln!("scripts/cluster logs kept in {}", self.dir.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
+            for log in [
+                "replica-1",
+                "replica-2",
+                "replica-3",
+                "nginx-error",
+                "prometheus",
+            ] {
+                let text = std::fs::read_to_string(self.dir.join(format!("{log}.log")))
+                    .unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(10).collect();
+                eprintln!("--- {log}.log (last lines)");
+                for line in tail.iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
         }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

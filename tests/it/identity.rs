@@ -222,18 +222,98 @@ async fn keys_from_an_identity_provider_rotate_without_a_restart() {
         let message = reply.body["error"]["message"].as_str().unwrap().to_owned();
         assert!(message.contains(reason), "{message}");
     }
-    // An HS256 token with the RSA key's kid is not checked against it (and
-    // carries no issuer): refused.
-    let confused = jsonwebtoken::encode(
+    // A symmetric key published in the JWKS (public, so anyone could sign
+    // with it) never verifies anything: an HS256 token naming it is refused.
+    let published_secret = b"published-for-all-to-see";
+    let oct = json!({ "kty": "oct", "kid": "oct-1", "k": base64url(published_secret) });
+    let with_oct = json!({ "keys": [new.jwk.clone(), oct] });
+    *provider.published.lock().unwrap() = with_oct;
+    let forged = jsonwebtoken::encode(
         &Header {
-            kid: Some(old.kid.into()),
+            kid: Some("oct-1".into()),
             ..Header::new(Algorithm::HS256)
         },
         &claims("mallory", ISSUER, AUDIENCE),
-        &EncodingKey::from_secret(b"guess"),
+        &EncodingKey::from_secret(published_secret),
     )
     .unwrap();
-    assert_eq!(status_with(api, &confused).await, 401);
+    // Once the replica has read that document (a made-up kid makes it
+    // fetch, once the minimum interval allows):
+    let before = provider.fetches();
+    let unknown = new.token_as("made-up-after-oct", claims("x", ISSUER, AUDIENCE));
+    eventually(|| async {
+        status_with(eager, &unknown).await == 401 && provider.fetches() > before
+    })
+    .await;
+    assert_eq!(status_with(eager, &forged).await, 401);
+
+    // `collabd token` mints for a server that checks issuer and audience.
+    let minted = collabd_command()
+        .args(["token", "--user", "carol"])
+        .env("AUTH_JWT_SECRET", crate::common::cluster::SECRET)
+        .env("AUTH_JWT_ISSUER", ISSUER)
+        .env("AUTH_JWT_AUDIENCE", AUDIENCE)
+        .output()
+        .unwrap();
+    assert!(minted.status.success());
+    let minted = String::from_utf8(minted.stdout).unwrap();
+    assert_eq!(status_with(eager, minted.trim()).await, 200);
+
+    // The provider goes away: the keys already known keep working, on the
+    // replica whose copy keeps getting old too.
+    drop(provider);
+    for replica in [eager, periodic] {
+        assert_eq!(status_with(replica, &new.token("bob")).await, 200);
+    }
+}
+
+fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().fold(0u32, |n, b| (n << 8) | *b as u32) << (8 * (3 - chunk.len()));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
+        }
+    }
+    out
+}
+
+/// In prod with an identity provider and no AUTH_JWT_SECRET, the built-in
+/// dev secret signs nothing that is accepted; the JWKS may be a file.
+#[tokio::test]
+async fn in_prod_the_dev_secret_is_never_accepted() {
+    let key = test_key("ec-2");
+    let file = std::env::temp_dir().join(format!("collabd-jwks-{}.json", uuid::Uuid::new_v4()));
+    std::fs::write(&file, json!({ "keys": [key.jwk.clone()] }).to_string()).unwrap();
+    let mut cluster = Cluster::start(0, base_url(), &[]).await;
+    let replica = cluster
+        .spawn_replica_with(&[
+            ("APP_ENV", "prod".to_owned()),
+            ("AUTH_JWT_SECRET", String::new()),
+            ("AUTH_JWKS_URL", file.display().to_string()),
+            ("AUTH_JWT_ISSUER", ISSUER.to_owned()),
+            ("AUTH_JWT_AUDIENCE", AUDIENCE.to_owned()),
+        ])
+        .await;
+    cluster.replicas.push(replica);
+    let api = &cluster.replicas[0].api;
+    let dev = collabd::auth::Authenticator::with(
+        collabd::auth::AuthSettings {
+            secrets: vec![collabd::auth::SharedSecret {
+                kid: None,
+                secret: collabd::config::DEV_JWT_SECRET.to_owned(),
+            }],
+            issuer: Some(ISSUER.into()),
+            audience: Some(AUDIENCE.into()),
+        },
+        None,
+    )
+    .mint("mallory", std::time::Duration::from_secs(60))
+    .unwrap();
+    assert_eq!(status_with(api, &dev).await, 401);
+    assert_eq!(status_with(api, &key.token("alice")).await, 200);
+    let _ = std::fs::remove_file(file);
 }
 
 #[test]

@@ -52,8 +52,6 @@ pub fn pool(settings: &PoolSettings) -> Result<Pool, Error> {
         .map_err(Error::internal)
 }
 
-/// How every connection of this replica is made: the URL, the connect
-/// deadline, keepalives and the application name.
 /// One line for a failed first connection: where (hosts and ports, never
 /// the URL, which may hold a password) and why, down to the root cause.
 pub(crate) fn unreachable(config: &tokio_postgres::Config, cause: &dyn std::error::Error) -> Error {
@@ -83,6 +81,8 @@ pub(crate) fn unreachable(config: &tokio_postgres::Config, cause: &dyn std::erro
     ))
 }
 
+/// How every connection of this replica is made: the URL, the connect
+/// deadline, keepalives and the application name.
 pub(crate) fn connection_config(settings: &PoolSettings) -> Result<tokio_postgres::Config, Error> {
     let mut config: tokio_postgres::Config = settings
         .url
