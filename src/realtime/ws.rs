@@ -147,7 +147,8 @@ async fn upgrade(
         since,
         request_id: current_request_id(),
     };
-    // A root span: the socket outlives the upgrade request that opened it.
+    // A root span: the socket outlives the upgrade request that opened it,
+    // so it gets a trace of its own, linked to the request's.
     let span = tracing::info_span!(
         parent: None,
         "ws",
@@ -155,7 +156,10 @@ async fn upgrade(
         draft_id = %draft_id,
         user_id = %session.user_id,
         request_id = %session.request_id,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
     );
+    crate::telemetry::link_to_current(&span);
     // tungstenite allocates 128 KiB read and write buffers per socket by
     // default; idle sockets are the common case, so start small (buffers
     // still grow for a large frame). Measured: docs/BENCHMARKS.md.
@@ -232,16 +236,21 @@ enum Ending {
 }
 
 impl Ending {
-    /// The `reason` label of `ws_disconnects_total`.
+    /// The `reason` label of `ws_disconnects_total` and the `reason` of the
+    /// "socket closed" line: what happened, in the words of the error code
+    /// the client was sent (`DISCONNECT_REASONS` in telemetry::metrics).
     fn reason(self) -> &'static str {
         match self {
-            Ending::ClientGone => "normal",
+            Ending::ClientGone => "client_closed",
             Ending::Shutdown => "shutdown",
             Ending::SlowConsumer => "slow_consumer",
-            Ending::Limit => "limit",
-            Ending::TooLarge | Ending::BadMessage | Ending::Forbidden | Ending::Flood => "policy",
-            Ending::Unavailable => "error",
-            Ending::Idle => "idle",
+            Ending::Limit => "ws_limit",
+            Ending::TooLarge => "payload_too_large",
+            Ending::BadMessage => "bad_message",
+            Ending::Forbidden => "forbidden",
+            Ending::Flood => "rate_limited",
+            Ending::Unavailable => "unavailable",
+            Ending::Idle => "idle_timeout",
         }
     }
 
@@ -319,9 +328,8 @@ impl Session {
         metrics.ws_opened();
         let ending = self.admit_and_serve(&mut socket).await;
         match ending {
-            Ending::SlowConsumer => tracing::warn!(reason = "slow_consumer", "socket closed"),
-            Ending::ClientGone => tracing::info!(reason = "normal", "socket closed"),
-            other => tracing::info!(reason = ?other, "socket closed"),
+            Ending::SlowConsumer => tracing::warn!(reason = ending.reason(), "socket closed"),
+            _ => tracing::info!(reason = ending.reason(), "socket closed"),
         }
         tracing::debug!(
             duration_ms = started.elapsed().as_millis() as u64,
@@ -668,11 +676,16 @@ impl ClientSide {
 }
 
 /// Names a read error: a message over tungstenite's own bound, a protocol
-/// violation, or a connection that is simply gone.
+/// violation, or a connection that is simply gone (a client that hangs up
+/// without a close frame is gone, not misbehaving).
 fn classify(error: axum::Error) -> Ending {
+    use tungstenite::error::ProtocolError;
     match error.into_inner().downcast::<tungstenite::Error>() {
         Ok(e) => match *e {
             tungstenite::Error::Capacity(_) => Ending::TooLarge,
+            tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+                Ending::ClientGone
+            }
             tungstenite::Error::Protocol(_) | tungstenite::Error::Utf8(_) => Ending::BadMessage,
             _ => Ending::ClientGone,
         },

@@ -65,7 +65,7 @@ catalog! {
     WS_DURATION = "ws_connection_duration_seconds", Histogram, [],
         "How long WebSocket sessions lasted.";
     WS_DISCONNECTS = "ws_disconnects_total", Counter, ["reason"],
-        "Sessions ended, by reason: normal, slow_consumer, limit, shutdown, policy, error, idle.";
+        "Sessions ended, by reason: client_closed, shutdown, slow_consumer, ws_limit, payload_too_large, bad_message, forbidden, rate_limited, unavailable, idle_timeout.";
     WS_INBOUND_REFUSED = "ws_inbound_rate_limited_total", Counter, [],
         "Client frames dropped by the per-socket inbound limit (WS_INBOUND_PER_SECOND, WS_INBOUND_BURST).";
     WS_QUEUE_DEPTH = "ws_outbound_queue_depth", Histogram, [],
@@ -147,13 +147,16 @@ const DEPTH_BUCKETS: &[f64] = &[
 
 /// Known label values, registered at start so every series exists from zero.
 const DISCONNECT_REASONS: &[&str] = &[
-    "normal",
-    "slow_consumer",
-    "limit",
+    "client_closed",
     "shutdown",
-    "policy",
-    "error",
-    "idle",
+    "slow_consumer",
+    "ws_limit",
+    "payload_too_large",
+    "bad_message",
+    "forbidden",
+    "rate_limited",
+    "unavailable",
+    "idle_timeout",
 ];
 const MUTATION_TYPES: &[&str] = &[
     "create_draft",

@@ -20,6 +20,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
+mod json;
 pub mod metrics;
 pub mod process;
 
@@ -164,10 +165,8 @@ pub fn init(format: LogFormat, filter: &str, traces: &TraceSettings) -> Telemetr
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(json::FlatJson)
             .boxed(),
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
             .compact()
@@ -210,6 +209,27 @@ pub fn link(span: &tracing::Span, carrier: &dyn Extractor) {
     if parent.span().span_context().is_valid() {
         let _ = span.set_parent(parent);
     }
+    record_ids(span);
+}
+
+/// For a root span that outlives the span that started it (a WebSocket
+/// session after its upgrade request): a trace of its own, linked to the
+/// starter's, with its ids recorded as fields for the log lines inside.
+pub fn link_to_current(span: &tracing::Span) {
+    let starter = tracing::Span::current()
+        .context()
+        .span()
+        .span_context()
+        .clone();
+    if starter.is_valid() {
+        span.add_link(starter);
+    }
+    record_ids(span);
+}
+
+/// Records a span's trace and span ids as its `trace_id` and `span_id`
+/// fields (declared empty where the span is made), when tracing is on.
+fn record_ids(span: &tracing::Span) {
     let context = span.context();
     let ids = context.span().span_context().clone();
     if ids.is_valid() {

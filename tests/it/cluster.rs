@@ -374,6 +374,53 @@ async fn a_request_on_one_replica_and_its_delivery_on_another_share_a_trace() {
     assert_eq!(reply.status, 201);
     assert_eq!(watcher.next_seqs(1).await, [1]);
 
+    // Every line of the request carries its ids, however deep the span it
+    // was written in. Written in the service's span, inside the request's.
+    let committed = cluster.replicas[0]
+        .log_line(|l| {
+            l["message"] == "event committed" && l["span"]["request_id"] == "traced-append"
+        })
+        .await;
+    assert_eq!(committed["span"]["trace_id"], trace_id);
+    assert_ne!(committed["span"]["name"], "http");
+    // And so is every line of that request, whatever its span.
+    cluster.replicas[0]
+        .log_line(|l| {
+            l["message"] == "request completed" && l["span"]["request_id"] == "traced-append"
+        })
+        .await;
+    let lines: Vec<serde_json::Value> = cluster.replicas[0]
+        .logs
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|l: &serde_json::Value| l["span"]["request_id"] == "traced-append")
+        .collect();
+    let names: std::collections::BTreeSet<&str> = lines
+        .iter()
+        .filter_map(|l| l["span"]["name"].as_str())
+        .collect();
+    assert!(names.len() >= 2, "only spans {names:?}");
+    for line in &lines {
+        assert_eq!(line["span"]["trace_id"], trace_id, "{line}");
+        assert!(line["span"]["span_id"].is_string(), "{line}");
+        assert_eq!(line["span"]["user_id"], "alice", "{line}");
+    }
+
+    // A WebSocket session's lines carry its connection, draft and upgrade.
+    let (ws, ready) = cluster.replicas[0].ws("alice", &id, None).await;
+    let connection = ready["connection_id"].as_str().unwrap().to_owned();
+    ws.close().await;
+    let closed = cluster.replicas[0]
+        .log_line(|l| {
+            l["span"]["connection_id"] == connection.as_str() && l["message"] == "socket closed"
+        })
+        .await;
+    assert_eq!(closed["span"]["draft_id"], id.as_str());
+    assert!(closed["span"]["request_id"].is_string());
+    assert!(closed["span"]["trace_id"].is_string());
+
     let request = cluster.replicas[0]
         .log_line(|l| {
             l["message"] == "request completed" && l["span"]["request_id"] == "traced-append"

@@ -100,7 +100,7 @@ async fn known_traffic_moves_the_counters_by_exactly_that_much() {
 
     eventually(|| async {
         let text = app.scrape().await;
-        value(&text, "ws_disconnects_total{reason=\"normal\"}") == 1.0
+        value(&text, "ws_disconnects_total{reason=\"client_closed\"}") == 1.0
     })
     .await;
     let after = app.scrape().await;

@@ -491,7 +491,7 @@ async fn a_silent_socket_is_closed_and_frees_its_slot_while_a_live_one_stays() {
     eventually(|| async {
         app.scrape()
             .await
-            .contains("ws_disconnects_total{reason=\"idle\"} 1")
+            .contains("ws_disconnects_total{reason=\"idle_timeout\"} 1")
     })
     .await;
     let (_again, ready) = app.ws("alice", &id, None).await;
@@ -712,4 +712,29 @@ async fn a_join_whose_store_read_fails_is_closed_1013_and_the_next_is_served() {
     assert_eq!(ready["seq"], 1);
     assert_eq!(app.append("alice", &id, "two").await.status, 201);
     assert_eq!(ws.next_seqs(1).await, [2]);
+}
+
+/// A client that hangs up without a close frame is counted as gone, not as
+/// a client that broke the rules.
+#[tokio::test]
+async fn a_hang_up_is_counted_as_client_closed() {
+    let app = spawn_app(Kind::Memory).await;
+    let id = app.create_draft("alice", "Hung up").await;
+    // One hangs up (FIN), one is reset (RST: a crashed client, a dropped
+    // network path); neither sent a close frame.
+    let fin = silent_socket(&app, "alice", &id).await;
+    drop(fin);
+    let rst = silent_socket(&app, "alice", &id).await;
+    rst.set_zero_linger().unwrap();
+    drop(rst);
+    eventually(|| async {
+        app.scrape()
+            .await
+            .contains("ws_disconnects_total{reason=\"client_closed\"} 2")
+    })
+    .await;
+    assert!(app
+        .scrape()
+        .await
+        .contains("ws_disconnects_total{reason=\"bad_message\"} 0"));
 }
