@@ -403,7 +403,11 @@ impl FromRef<AppState> for Sessions {
 impl AppState {
     pub fn new(config: Config, backends: Backends) -> Self {
         let metrics = backends.metrics.clone();
-        let auth = Authenticator::with(auth_settings(&config), backends.jwks.clone());
+        let auth = Authenticator::counted(
+            auth_settings(&config),
+            backends.jwks.clone(),
+            metrics.clone(),
+        );
         let auditor = Auditor::new(
             backends.audit.clone(),
             config.audit_enabled,

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::collab::input::UserId;
 use crate::error::Error;
+use crate::telemetry::Metrics;
 
 mod jwks;
 
@@ -50,6 +51,82 @@ struct Claims {
 /// ahead is neither refused as not yet valid nor kept past its expiry by
 /// more than this.
 pub const LEEWAY_SECONDS: u64 = 5;
+
+/// Why a token was refused: the words the client gets in its 401, and the
+/// `reason` label of `auth_failures_total` (the same list as
+/// `telemetry::metrics::AUTH_FAILURE_REASONS`, which a test holds to this).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    Missing,
+    NotBearer,
+    Malformed,
+    Expired,
+    NotYetValid,
+    Signature,
+    Issuer,
+    Audience,
+    Algorithm,
+    UnknownKey,
+    MissingClaim,
+    Subject,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 12] = [
+        Refusal::Missing,
+        Refusal::NotBearer,
+        Refusal::Malformed,
+        Refusal::Expired,
+        Refusal::NotYetValid,
+        Refusal::Signature,
+        Refusal::Issuer,
+        Refusal::Audience,
+        Refusal::Algorithm,
+        Refusal::UnknownKey,
+        Refusal::MissingClaim,
+        Refusal::Subject,
+    ];
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::Missing => "missing",
+            Refusal::NotBearer => "not_bearer",
+            Refusal::Malformed => "malformed",
+            Refusal::Expired => "expired",
+            Refusal::NotYetValid => "not_yet_valid",
+            Refusal::Signature => "signature",
+            Refusal::Issuer => "issuer",
+            Refusal::Audience => "audience",
+            Refusal::Algorithm => "algorithm",
+            Refusal::UnknownKey => "unknown_key",
+            Refusal::MissingClaim => "missing_claim",
+            Refusal::Subject => "subject",
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            Refusal::Missing => "missing bearer token",
+            Refusal::NotBearer => "authorization must be a Bearer token",
+            Refusal::Malformed => "token is malformed",
+            Refusal::Expired => "token expired",
+            Refusal::NotYetValid => "token is not valid yet (nbf)",
+            Refusal::Signature => "token signature is invalid",
+            Refusal::Issuer => "token issuer is not accepted",
+            Refusal::Audience => "token audience is not accepted",
+            Refusal::Algorithm => "token algorithm is not accepted, or does not match its key",
+            Refusal::UnknownKey => "token signing key is not known",
+            Refusal::MissingClaim => "token lacks a required claim (sub, exp, iss, aud)",
+            Refusal::Subject => "token subject is not a valid user id",
+        }
+    }
+}
+
+impl From<Refusal> for Error {
+    fn from(refusal: Refusal) -> Error {
+        Error::Unauthorized(refusal.message())
+    }
+}
 
 /// One HS256 secret, with the `kid` that selects it if it has one.
 #[derive(Clone)]
@@ -89,6 +166,8 @@ struct Inner {
     jwks: Option<Jwks>,
     issuer: Option<String>,
     audience: Option<String>,
+    /// Where each verification's outcome is counted, when serving.
+    metrics: Option<Metrics>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -129,8 +208,20 @@ impl Authenticator {
                 jwks,
                 issuer: settings.issuer,
                 audience: settings.audience,
+                metrics: None,
             }),
         }
+    }
+
+    /// The same, counting every verification in `auth_success_total` and
+    /// `auth_failures_total{reason}`: build it once per server, and verify
+    /// each request once (the rate limit hands its outcome on).
+    pub fn counted(settings: AuthSettings, jwks: Option<Jwks>, metrics: Metrics) -> Self {
+        let mut auth = Authenticator::with(settings, jwks);
+        if let Some(inner) = Arc::get_mut(&mut auth.inner) {
+            inner.metrics = Some(metrics);
+        }
+        auth
     }
 
     /// Mints a token for `user_id` valid for `ttl`, with the first shared
@@ -154,33 +245,55 @@ impl Authenticator {
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, key).map_err(Error::internal)
     }
 
-    /// Returns the user id of a valid token.
+    /// Returns the user id of a valid token, and counts the outcome.
     pub async fn verify(&self, token: &str) -> Result<UserId, Error> {
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|_| Error::Unauthorized("token is malformed"))?;
+        let outcome = self.check(token).await;
+        self.settle(outcome)
+    }
+
+    /// Verifies the `Authorization: Bearer` header, and counts the outcome.
+    pub async fn verify_headers(&self, headers: &HeaderMap) -> Result<UserId, Error> {
+        let outcome = self.check_headers(headers).await;
+        self.settle(outcome)
+    }
+
+    /// Verifies the header without counting: for a middleware that only
+    /// needs to know who is calling and hands the outcome on (as
+    /// [`AuthUser`] or [`AuthRefused`]) to whatever settles the request.
+    pub async fn check_headers(&self, headers: &HeaderMap) -> Result<UserId, Refusal> {
+        self.check(bearer(headers)?).await
+    }
+
+    /// Counts a request's outcome, once: `auth_success_total` or
+    /// `auth_failures_total{reason}`.
+    pub fn settle(&self, outcome: Result<UserId, Refusal>) -> Result<UserId, Error> {
+        if let Some(metrics) = &self.inner.metrics {
+            match &outcome {
+                Ok(_) => metrics.auth_succeeded(),
+                Err(refusal) => metrics.auth_refused(refusal.reason()),
+            }
+        }
+        outcome.map_err(Error::from)
+    }
+
+    async fn check(&self, token: &str) -> Result<UserId, Refusal> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| Refusal::Malformed)?;
         let kid = header.kid.as_deref();
         let data = match header.alg {
             Algorithm::HS256 => self.verify_shared(token, kid)?,
-            Algorithm::HS384 | Algorithm::HS512 => {
-                return Err(Error::Unauthorized("token algorithm is not accepted"))
-            }
+            Algorithm::HS384 | Algorithm::HS512 => return Err(Refusal::Algorithm),
             alg => {
-                let jwks = self
-                    .inner
-                    .jwks
-                    .as_ref()
-                    .ok_or(Error::Unauthorized("token algorithm is not accepted"))?;
+                let jwks = self.inner.jwks.as_ref().ok_or(Refusal::Algorithm)?;
                 let key = jwks.key_for(kid, alg).await?;
                 jsonwebtoken::decode::<Claims>(token, &key, &self.validation(alg))
                     .map_err(refusal)?
             }
         };
-        UserId::parse(data.claims.sub)
-            .map_err(|_| Error::Unauthorized("token subject is not a valid user id"))
+        UserId::parse(data.claims.sub).map_err(|_| Refusal::Subject)
     }
 
     /// HS256: the secret the token's `kid` names, else each in turn.
-    fn verify_shared(&self, token: &str, kid: Option<&str>) -> Result<TokenData<Claims>, Error> {
+    fn verify_shared(&self, token: &str, kid: Option<&str>) -> Result<TokenData<Claims>, Refusal> {
         let named: Vec<&DecodingKey> = self
             .inner
             .shared
@@ -194,7 +307,7 @@ impl Authenticator {
             named
         };
         let validation = self.validation(Algorithm::HS256);
-        let mut last = Error::Unauthorized("token signature is invalid");
+        let mut last = Refusal::Signature;
         for key in candidates {
             match jsonwebtoken::decode::<Claims>(token, key, &validation) {
                 Ok(data) => return Ok(data),
@@ -227,35 +340,31 @@ impl Authenticator {
         validation.set_required_spec_claims(&required);
         validation
     }
-
-    /// Verifies the `Authorization: Bearer` header.
-    pub async fn verify_headers(&self, headers: &HeaderMap) -> Result<UserId, Error> {
-        let value = headers
-            .get(header::AUTHORIZATION)
-            .ok_or(Error::Unauthorized("missing bearer token"))?;
-        let value = value
-            .to_str()
-            .map_err(|_| Error::Unauthorized("malformed authorization header"))?;
-        let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .ok_or(Error::Unauthorized("authorization must be a Bearer token"))?;
-        self.verify(token.trim()).await
-    }
 }
 
-/// Why a token was refused, in words a client can act on.
-fn refusal(e: jsonwebtoken::errors::Error) -> Error {
-    Error::Unauthorized(match e.kind() {
-        ErrorKind::ExpiredSignature => "token expired",
-        ErrorKind::ImmatureSignature => "token is not valid yet (nbf)",
-        ErrorKind::InvalidSignature => "token signature is invalid",
-        ErrorKind::InvalidIssuer => "token issuer is not accepted",
-        ErrorKind::InvalidAudience => "token audience is not accepted",
-        ErrorKind::InvalidAlgorithm => "token algorithm does not match its key",
-        ErrorKind::MissingRequiredClaim(_) => "token lacks a required claim (sub, exp, iss, aud)",
-        _ => "token is malformed",
-    })
+/// The token of an `Authorization: Bearer` header.
+fn bearer(headers: &HeaderMap) -> Result<&str, Refusal> {
+    let value = headers.get(header::AUTHORIZATION).ok_or(Refusal::Missing)?;
+    let value = value.to_str().map_err(|_| Refusal::NotBearer)?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .ok_or(Refusal::NotBearer)?;
+    Ok(token.trim())
+}
+
+/// What jsonwebtoken's refusal means for the client.
+fn refusal(e: jsonwebtoken::errors::Error) -> Refusal {
+    match e.kind() {
+        ErrorKind::ExpiredSignature => Refusal::Expired,
+        ErrorKind::ImmatureSignature => Refusal::NotYetValid,
+        ErrorKind::InvalidSignature => Refusal::Signature,
+        ErrorKind::InvalidIssuer => Refusal::Issuer,
+        ErrorKind::InvalidAudience => Refusal::Audience,
+        ErrorKind::InvalidAlgorithm => Refusal::Algorithm,
+        ErrorKind::MissingRequiredClaim(_) => Refusal::MissingClaim,
+        _ => Refusal::Malformed,
+    }
 }
 
 fn unix_now() -> u64 {
@@ -267,9 +376,15 @@ fn unix_now() -> u64 {
 
 /// The authenticated caller. The rate-limit middleware may have verified the
 /// token already (to key by user) and left this in the request's
-/// extensions; the extractor (`http::extract`) then reuses it.
+/// extensions; the extractor (`http::extract`) and the WebSocket upgrade
+/// then reuse it, and count it.
 #[derive(Clone, Debug)]
 pub struct AuthUser(pub UserId);
+
+/// A token the rate-limit middleware found wanting: whatever settles the
+/// request answers with this rather than verifying the same token again.
+#[derive(Clone, Copy, Debug)]
+pub struct AuthRefused(pub Refusal);
 
 #[cfg(test)]
 mod tests {
@@ -367,6 +482,12 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn every_refusal_has_its_series() {
+        let reasons: Vec<&str> = Refusal::ALL.iter().map(|r| r.reason()).collect();
+        assert_eq!(reasons, crate::telemetry::metrics::AUTH_FAILURE_REASONS);
+    }
+
     /// Secrets for rotation: a token naming a `kid` is checked with that
     /// secret only; one naming none, with each in turn.
     #[tokio::test]
@@ -401,7 +522,7 @@ mod tests {
         // Named k2 but signed with another secret: k2's is the only one tried.
         assert!(matches!(
             auth.verify(&sign(Some("k2"), "current")).await,
-            Err(Error::Unauthorized("token signature is invalid"))
+            Err(Error::Unauthorized(m)) if m == Refusal::Signature.message()
         ));
         assert!(auth.verify(&sign(None, "unknown")).await.is_err());
         // Minting uses the first.

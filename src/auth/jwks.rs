@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 
+use super::Refusal;
 use crate::error::Error;
 use crate::ports::KeySetSource;
 
@@ -98,7 +99,7 @@ impl Jwks {
         &self,
         kid: Option<&str>,
         alg: Algorithm,
-    ) -> Result<DecodingKey, Error> {
+    ) -> Result<DecodingKey, Refusal> {
         if self.current().fetched.elapsed() >= self.inner.settings.refresh {
             self.refresh_in_background();
         }
@@ -110,10 +111,8 @@ impl Jwks {
         }
         match found {
             Found::Key(key) => Ok(key),
-            Found::WrongAlgorithm => Err(Error::Unauthorized(
-                "token algorithm does not match its key",
-            )),
-            Found::Missing => Err(Error::Unauthorized("token signing key is not known")),
+            Found::WrongAlgorithm => Err(Refusal::Algorithm),
+            Found::Missing => Err(Refusal::UnknownKey),
         }
     }
 

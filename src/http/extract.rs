@@ -10,7 +10,7 @@ use axum::Json;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-use crate::auth::{AuthUser, Authenticator};
+use crate::auth::{AuthRefused, AuthUser, Authenticator};
 use crate::error::Error;
 use crate::text::truncate_chars;
 
@@ -105,14 +105,16 @@ where
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let user = match parts.extensions.get::<AuthUser>() {
-            Some(user) => user.clone(),
-            None => AuthUser(
-                Authenticator::from_ref(state)
-                    .verify_headers(&parts.headers)
-                    .await?,
-            ),
+        let auth = Authenticator::from_ref(state);
+        let settled = match (
+            parts.extensions.get::<AuthUser>(),
+            parts.extensions.get::<AuthRefused>(),
+        ) {
+            (Some(AuthUser(user)), _) => auth.settle(Ok(user.clone())),
+            (None, Some(AuthRefused(refusal))) => auth.settle(Err(*refusal)),
+            (None, None) => auth.verify_headers(&parts.headers).await,
         };
+        let user = AuthUser(settled?);
         tracing::Span::current().record("user_id", user.0.as_str());
         Ok(user)
     }

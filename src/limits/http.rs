@@ -13,7 +13,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::gcra::{RatePolicy, ThrottleReply};
-use crate::auth::{AuthUser, Authenticator};
+use crate::auth::{AuthRefused, AuthUser, Authenticator};
 use crate::error::Error;
 use crate::http::request::ClientInfo;
 use crate::ports::RateLimiter;
@@ -79,13 +79,14 @@ pub async fn rate_limit(State(state): State<RateLimits>, mut req: Request, next:
     // Key by the verified user when the token is good; the handler will
     // reuse this result rather than verify again. A bad token is keyed by
     // IP, and the handler refuses it.
-    let subject = match state.auth.verify_headers(req.headers()).await {
+    let verdict = state.auth.check_headers(req.headers()).await;
+    let subject = match &verdict {
         Ok(user) => {
-            let key = format!("user:{user}");
-            req.extensions_mut().insert(AuthUser(user));
-            key
+            req.extensions_mut().insert(AuthUser(user.clone()));
+            format!("user:{user}")
         }
-        Err(_) => {
+        Err(refused) => {
+            req.extensions_mut().insert(AuthRefused(*refused));
             let ip = req
                 .extensions()
                 .get::<ClientInfo>()
@@ -98,6 +99,8 @@ pub async fn rate_limit(State(state): State<RateLimits>, mut req: Request, next:
     let key = bucket(&policy, &req, &subject);
     match state.limiter.throttle(&key, &policy, 1).await {
         Ok(reply) if reply.limited => {
+            // Answered here: the token's verdict is counted here too.
+            let _ = state.auth.settle(verdict);
             tracing::info!(scope = policy.name, "rate limited");
             state.metrics.rate_limited(policy.name);
             let retry = reply.retry_after_secs().max(1) as u64;
@@ -111,7 +114,10 @@ pub async fn rate_limit(State(state): State<RateLimits>, mut req: Request, next:
             response
         }
         // Only RATE_LIMIT_FAIL_MODE=closed lets a backend failure through.
-        Err(e) => e.into_response(),
+        Err(e) => {
+            let _ = state.auth.settle(verdict);
+            e.into_response()
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use axum::extract::{FromRef, Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::Response;
 use axum::routing::get;
-use axum::Router;
+use axum::{Extension, Router};
 use futures_util::SinkExt;
 use serde::Deserialize;
 use serde_json::json;
@@ -26,7 +26,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::hub::{Frame, Hub, Member};
-use crate::auth::Authenticator;
+use crate::auth::{AuthRefused, AuthUser, Authenticator, Refusal};
 use crate::collab::input::UserId;
 use crate::collab::model::Draft;
 use crate::collab::rules::require_member;
@@ -113,6 +113,8 @@ async fn upgrade(
     DraftId(draft_id): DraftId,
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
+    checked: Option<Extension<AuthUser>>,
+    refused: Option<Extension<AuthRefused>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, Error> {
     if sessions.draining.is_cancelled() {
@@ -122,7 +124,12 @@ async fn upgrade(
     }
     let ws = ws.map_err(|_| Error::Validation("expected a WebSocket upgrade request".into()))?;
     check_origin(&headers, &sessions.settings.allowed_origins)?;
-    let user_id = authenticate(&sessions.auth, &params, &headers).await?;
+    let header_verdict = match (checked, refused) {
+        (Some(Extension(AuthUser(user))), _) => Some(Ok(user)),
+        (None, Some(Extension(AuthRefused(refusal)))) => Some(Err(refusal)),
+        (None, None) => None,
+    };
+    let user_id = authenticate(&sessions.auth, &params, &headers, header_verdict).await?;
     tracing::Span::current().record("user_id", user_id.as_str());
     let since = since_of(&params)?;
     let draft = sessions.collab.draft(draft_id).await?;
@@ -171,16 +178,21 @@ async fn upgrade(
         .on_upgrade(move |socket| tracker.track_future(session.run(socket).instrument(span))))
 }
 
-/// The caller: the `Authorization` header, or (for browsers, which cannot
-/// set headers on a WebSocket) the `access_token` query parameter.
+/// The caller: the `Authorization` header (as the rate limit already
+/// verified it, when it did), or (for browsers, which cannot set headers on
+/// a WebSocket) the `access_token` query parameter. Counted once.
 async fn authenticate(
     auth: &Authenticator,
     params: &HashMap<String, String>,
     headers: &HeaderMap,
+    header_verdict: Option<Result<UserId, Refusal>>,
 ) -> Result<UserId, Error> {
-    match params.get("access_token") {
-        Some(token) if !headers.contains_key(header::AUTHORIZATION) => auth.verify(token).await,
-        _ => auth.verify_headers(headers).await,
+    match (params.get("access_token"), header_verdict) {
+        (Some(token), _) if !headers.contains_key(header::AUTHORIZATION) => {
+            auth.verify(token).await
+        }
+        (_, Some(verdict)) => auth.settle(verdict),
+        (_, None) => auth.verify_headers(headers).await,
     }
 }
 

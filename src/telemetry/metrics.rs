@@ -78,6 +78,10 @@ catalog! {
         "Requests refused with 429, by policy: read or mutation.";
     RATELIMIT_FALLBACK = "ratelimit_fallback_total", Counter, ["mode"],
         "Rate-limit decisions made by RATE_LIMIT_FAIL_MODE because the shared limiter failed.";
+    AUTH_SUCCESS = "auth_success_total", Counter, [],
+        "Bearer tokens verified (once per request or socket).";
+    AUTH_FAILURES = "auth_failures_total", Counter, ["reason"],
+        "Bearer tokens refused, by reason: missing, not_bearer, malformed, expired, not_yet_valid, signature, issuer, audience, algorithm, unknown_key, missing_claim, subject.";
     WS_LIMIT_REJECTIONS = "ws_limit_rejections_total", Counter, ["scope"],
         "Sockets refused by a cap: user, draft or global.";
     SOFT_CAP_EXCEEDED = "soft_cap_exceeded_total", Counter, ["cap"],
@@ -90,6 +94,8 @@ catalog! {
         "Time spent waiting for a pooled Postgres connection.";
     DB_POOL_SIZE = "db_pool_size", Gauge, [],
         "Postgres connections open in this replica's pool.";
+    DB_POOL_MAX = "db_pool_max_size", Gauge, [],
+        "Postgres connections this replica's pool may open (DATABASE_POOL_SIZE).";
     DB_POOL_IN_USE = "db_pool_in_use", Gauge, [],
         "Postgres connections lent out now.";
     DB_POOL_WAITING = "db_pool_waiting", Gauge, [],
@@ -146,6 +152,21 @@ const DEPTH_BUCKETS: &[f64] = &[
 ];
 
 /// Known label values, registered at start so every series exists from zero.
+/// The reasons are `auth::Refusal`'s (a test there holds the two together).
+pub const AUTH_FAILURE_REASONS: &[&str] = &[
+    "missing",
+    "not_bearer",
+    "malformed",
+    "expired",
+    "not_yet_valid",
+    "signature",
+    "issuer",
+    "audience",
+    "algorithm",
+    "unknown_key",
+    "missing_claim",
+    "subject",
+];
 const DISCONNECT_REASONS: &[&str] = &[
     "client_closed",
     "shutdown",
@@ -287,6 +308,11 @@ impl Metrics {
     }
 
     fn zero_known_series(&self) {
+        self.counter(AUTH_SUCCESS, vec![]).increment(0);
+        for reason in AUTH_FAILURE_REASONS {
+            self.labeled_counter(AUTH_FAILURES, "reason", reason)
+                .increment(0);
+        }
         for reason in DISCONNECT_REASONS {
             self.labeled_counter(WS_DISCONNECTS, "reason", reason)
                 .increment(0);
@@ -348,7 +374,21 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        self.inner.handle.render()
+        let mut text = self.inner.handle.render();
+        // The recorder's counters are whole numbers; CPU time is not, so
+        // this one series is written here, read at scrape time.
+        if let Some(p) = super::process::sample() {
+            let help = CATALOG
+                .iter()
+                .find(|d| d.name == PROCESS_CPU)
+                .map(|d| d.help)
+                .unwrap_or_default();
+            text.push_str(&format!(
+                "# HELP {PROCESS_CPU} {help}\n# TYPE {PROCESS_CPU} counter\n{PROCESS_CPU} {}\n",
+                p.cpu_seconds
+            ));
+        }
+        text
     }
 
     /// Moves recorded histogram samples into their buckets. The exporter
@@ -418,6 +458,15 @@ impl Metrics {
         self.inner.ws_dropped.increment(1);
     }
 
+    pub fn auth_succeeded(&self) {
+        self.counter(AUTH_SUCCESS, vec![]).increment(1);
+    }
+
+    pub fn auth_refused(&self, reason: &'static str) {
+        self.labeled_counter(AUTH_FAILURES, "reason", reason)
+            .increment(1);
+    }
+
     pub fn ws_limit_rejected(&self, scope: &'static str) {
         self.labeled_counter(WS_LIMIT_REJECTIONS, "scope", scope)
             .increment(1);
@@ -456,7 +505,8 @@ impl Metrics {
         self.inner.db_pool_wait.record(seconds);
     }
 
-    pub fn db_pool(&self, size: usize, in_use: usize, waiting: usize) {
+    pub fn db_pool(&self, max_size: usize, size: usize, in_use: usize, waiting: usize) {
+        self.gauge(DB_POOL_MAX, vec![]).set(max_size as f64);
         self.gauge(DB_POOL_SIZE, vec![]).set(size as f64);
         self.gauge(DB_POOL_IN_USE, vec![]).set(in_use as f64);
         self.gauge(DB_POOL_WAITING, vec![]).set(waiting as f64);
@@ -503,12 +553,11 @@ impl Metrics {
         self.gauge(STATE_AUDIT_ROWS, vec![]).set(audit_rows as f64);
     }
 
-    /// Process figures, read from /proc on Linux (elsewhere: nothing).
+    /// Process figures, read from /proc on Linux (elsewhere: nothing); CPU
+    /// time is written by `render` itself.
     pub fn process(&self) {
         if let Some(p) = super::process::sample() {
             self.gauge(PROCESS_RSS, vec![]).set(p.rss_bytes as f64);
-            self.counter(PROCESS_CPU, vec![])
-                .absolute(p.cpu_seconds as u64);
             self.gauge(PROCESS_FDS, vec![]).set(p.open_fds as f64);
             self.gauge(PROCESS_MAX_FDS, vec![]).set(p.max_fds as f64);
             self.gauge(PROCESS_START, vec![]).set(p.start_time_seconds);

@@ -333,6 +333,10 @@ async fn one_replica_reports_the_state_gauges_and_every_one_the_rooms() {
         reports.iter().sum::<f64>() == 2.0 && reports.iter().filter(|r| **r > 0.0).count() == 1
     })
     .await;
+    // A young replica's CPU time is a fraction of a second, and reported as
+    // one (a whole-number counter would still say 0).
+    let cpu = cluster.replica(0).metric("process_cpu_seconds_total").await;
+    assert!(cpu > 0.0 && cpu < 60.0, "process_cpu_seconds_total {cpu}");
     // Computed at scrape time, from the leases and a ping: read until they
     // agree rather than once.
     for replica in &cluster.replicas {

@@ -92,6 +92,15 @@ async fn known_traffic_moves_the_counters_by_exactly_that_much() {
         &format!("/v1/collab/drafts/{}", uuid::Uuid::new_v4()),
     )
     .await;
+    // A forged token, refused once (the rate limit hands its verdict on).
+    let forged = app
+        .http
+        .get(app.url("/v1/collab/drafts"))
+        .header("authorization", "Bearer forged.token.value")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401);
     let (mut ws, _) = app.ws("alice", &id, Some(0)).await;
     ws.next_seqs(4).await;
     ws.send_text(r#"{"type":"ping"}"#).await;
@@ -152,6 +161,11 @@ async fn known_traffic_moves_the_counters_by_exactly_that_much() {
         delta("soft_cap_exceeded_total{cap=\"max_segments_per_draft\"}"),
         1.0
     );
+    // Seven requests (one refused with 429) and one socket verified a
+    // token: each counted once, by whatever settled it.
+    assert_eq!(delta("auth_success_total"), 8.0);
+    assert_eq!(delta("auth_failures_total{reason=\"malformed\"}"), 1.0);
+    assert_eq!(delta("auth_failures_total{reason=\"signature\"}"), 0.0);
     assert_eq!(delta("ws_connections_total"), 1.0);
     assert_eq!(delta("ws_messages_sent_total{event_type=\"ready\"}"), 1.0);
     assert_eq!(
@@ -170,6 +184,20 @@ async fn known_traffic_moves_the_counters_by_exactly_that_much() {
     assert_eq!(value(&after, "health_status{component=\"store\"}"), 1.0);
     assert!(value(&after, "process_resident_memory_bytes") > 0.0);
     assert!(after.contains("collabd_build_info{version=\""));
+    // Built from a checkout: the revision is its commit, not "unknown".
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    if let Some(head) = head {
+        assert!(
+            after.contains(&format!("revision=\"{head}\"")),
+            "collabd_build_info does not name {head}"
+        );
+    }
 }
 
 /// Sends `n` requests with random methods, paths, ids and query strings.
@@ -281,6 +309,7 @@ async fn the_state_gauges_report_the_store() {
     let app = spawn_with(Kind::Postgres, |c| {
         c.state_metrics_interval_seconds = 1;
         c.audit_enabled = true;
+        c.database_pool_size = 7;
     })
     .await;
     let id = app.create_draft("alice", "Polled").await;
@@ -291,4 +320,8 @@ async fn the_state_gauges_report_the_store() {
         value(&text, "collab_drafts") == 2.0 && value(&text, "collab_segments") == 1.0
     })
     .await;
+    // The pool's ceiling beside what it uses, read at scrape time.
+    let text = app.scrape().await;
+    assert_eq!(value(&text, "db_pool_max_size"), 7.0);
+    assert!(value(&text, "db_pool_size") <= 7.0);
 }

@@ -738,3 +738,21 @@ async fn a_hang_up_is_counted_as_client_closed() {
         .await
         .contains("ws_disconnects_total{reason=\"bad_message\"} 0"));
 }
+
+/// A browser's socket (token in the query string) is counted once, as the
+/// success it is, though the rate limit found no header.
+#[tokio::test]
+async fn a_browser_socket_counts_one_verified_token() {
+    let app = spawn_with(Kind::Memory, |c| c.rate_limit_enabled = true).await;
+    let id = app.create_draft("alice", "Counted").await;
+    let query = format!("?access_token={}", app.token("alice"));
+    let mut ws = WsClient::connect(app.ws_url(&id, &query).into_client_request().unwrap()).await;
+    assert_eq!(ws.next_json().await["type"], "ready");
+    let text = app.scrape().await;
+    // The create, then the socket.
+    assert!(text.contains("\nauth_success_total 2\n"), "{text}");
+    assert!(
+        text.contains("auth_failures_total{reason=\"missing\"} 0"),
+        "{text}"
+    );
+}

@@ -165,6 +165,7 @@ impl crate::ports::HealthCheck for PostgresHealth {
     async fn check(&self) -> Result<(), Error> {
         let status = self.store.pool().status();
         self.metrics.db_pool(
+            status.max_size,
             status.size,
             status.size.saturating_sub(status.available),
             status.waiting,
