@@ -21,6 +21,7 @@ use axum::{middleware, Router};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::adapters::fallback::{self, FallbackLimiter, ReplicaCount};
 use crate::adapters::memory::{
@@ -676,6 +677,7 @@ fn spawn_background(state: &AppState) -> CancellationToken {
     let config = &state.config;
     let poller = state.clone();
     every(
+        "state gauges",
         Duration::from_secs(config.state_metrics_interval_seconds),
         &stop,
         move || {
@@ -684,12 +686,13 @@ fn spawn_background(state: &AppState) -> CancellationToken {
         },
     );
     let metrics = state.metrics.clone();
-    every(UPKEEP_INTERVAL, &stop, move || {
+    every("metrics upkeep", UPKEEP_INTERVAL, &stop, move || {
         metrics.run_upkeep();
         std::future::ready(())
     });
     let hub = state.sessions.hub.clone();
     every(
+        "room head check",
         Duration::from_secs(config.room_head_check_seconds),
         &stop,
         move || {
@@ -697,7 +700,7 @@ fn spawn_background(state: &AppState) -> CancellationToken {
             async move { hub.check_heads().await }
         },
     );
-    every(TRIM_INTERVAL, &stop, || {
+    every("memory trim", TRIM_INTERVAL, &stop, || {
         telemetry::process::return_free_memory();
         std::future::ready(())
     });
@@ -705,8 +708,9 @@ fn spawn_background(state: &AppState) -> CancellationToken {
 }
 
 /// Runs `step` every `period` (a late tick waits, never bunches) until
-/// `stop` is cancelled.
-fn every<F, Fut>(period: Duration, stop: &CancellationToken, mut step: F)
+/// `stop` is cancelled, each tick in an untraced span named `job`: its log
+/// lines say which job wrote them, and no tick becomes a trace of its own.
+fn every<F, Fut>(job: &'static str, period: Duration, stop: &CancellationToken, mut step: F)
 where
     F: FnMut() -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send,
@@ -718,7 +722,7 @@ where
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tick.tick() => step().await,
+                _ = tick.tick() => step().instrument(telemetry::untraced(job)).await,
             }
         }
     });
@@ -726,7 +730,10 @@ where
 
 /// `collabd serve`: adapters, listeners, run until SIGTERM or Ctrl-C.
 pub async fn serve(config: Config) -> Result<(), StartError> {
-    let backends = Backends::from_config(&config).await?;
+    // Start-up's own calls (migrations, the first lease) are not traces.
+    let backends = Backends::from_config(&config)
+        .instrument(telemetry::untraced("start-up"))
+        .await?;
     let addr = SocketAddr::new(config.host, config.port);
     let bind = |variable: &'static str, addr: SocketAddr| async move {
         TcpListener::bind(addr)

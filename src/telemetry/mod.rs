@@ -227,6 +227,25 @@ pub fn link_to_current(span: &tracing::Span) {
     record_ids(span);
 }
 
+/// A span for one round of periodic background work (a lease renewal, a
+/// poll): its log lines name the job, and neither it nor anything inside it
+/// is exported, since a trace per tick would drown the real ones. Its
+/// parent is a remote context marked not sampled, which the parent-based
+/// samplers (the default) follow.
+pub fn untraced(job: &'static str) -> tracing::Span {
+    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+    let span = tracing::info_span!("background", job);
+    let unsampled = SpanContext::new(
+        TraceId::from_bytes(fastrand::u128(1..).to_be_bytes()),
+        SpanId::from_bytes(fastrand::u64(1..).to_be_bytes()),
+        TraceFlags::default(),
+        true,
+        TraceState::default(),
+    );
+    let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(unsampled));
+    span
+}
+
 /// Records a span's trace and span ids as its `trace_id` and `span_id`
 /// fields (declared empty where the span is made), when tracing is on.
 fn record_ids(span: &tracing::Span) {

@@ -490,12 +490,17 @@ async fn spans_reach_the_collector_with_their_kinds_and_are_flushed_on_exit() {
     let endpoint = collector.url();
     // The batch exporter would wait ten minutes: only the flush on exit
     // can deliver these spans within the test.
+    // Background loops tick often here (a lease renewal every 667 ms, the
+    // gauges and head checks every second): none may become a trace.
     let mut cluster = Cluster::start(
         2,
         base_url(),
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
             ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
+            ("WS_LEASE_TTL_SECONDS", "2"),
+            ("STATE_METRICS_INTERVAL_SECONDS", "1"),
+            ("ROOM_HEAD_CHECK_SECONDS", "1"),
         ],
     )
     .await;
@@ -513,11 +518,35 @@ async fn spans_reach_the_collector_with_their_kinds_and_are_flushed_on_exit() {
     assert_eq!(reply.status, 201);
     assert_eq!(watcher.next_seqs(1).await, [1]);
     watcher.close().await;
+    // Let the replicas renew their leases a few times meanwhile.
+    let incarnations = format!("{{{}ws}}:incarnations", cluster.prefix.prefix);
+    let redis = crate::common::redis::client(&cluster.redis_url).await;
+    let deadlines = || async {
+        let now: Vec<(String, f64)> = redis
+            .zrange(&incarnations, 0, -1, None, false, None, true)
+            .await
+            .unwrap();
+        now.iter().map(|(_, d)| *d).sum::<f64>()
+    };
+    for _ in 0..3 {
+        let before = deadlines().await;
+        eventually(|| async { deadlines().await > before }).await;
+    }
     assert!(collector.spans().is_empty(), "exported before the exit");
 
     for replica in &mut cluster.replicas {
         assert!(replica.terminate().await.success());
     }
+    let spans = collector.spans();
+    let ticks: Vec<_> = spans
+        .iter()
+        .filter(|s| {
+            s.name == "background"
+                || matches!(s.attribute("op"), Some("renew" | "register"))
+                || s.name == "store counts"
+        })
+        .collect();
+    assert!(ticks.is_empty(), "background work exported: {ticks:?}");
     let traced: Vec<(String, SpanKind)> = collector
         .spans()
         .into_iter()

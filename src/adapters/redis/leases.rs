@@ -20,6 +20,7 @@ use async_trait::async_trait;
 use fred::clients::Pool;
 use fred::types::scripts::Script;
 use fred::types::Value;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{int_of, redis_error};
@@ -224,7 +225,10 @@ async fn heartbeat(leases: Weak<RedisLeases>, every: Duration) {
         let Some(leases) = leases.upgrade() else {
             return;
         };
-        if let Err(e) = leases.renew().await {
+        let renewal = leases
+            .renew()
+            .instrument(crate::telemetry::untraced("socket lease renewal"));
+        if let Err(e) = renewal.await {
             if !leases.stale.swap(true, Ordering::Relaxed) {
                 tracing::warn!(error.message = %e, "socket lease renewal failed; caps fall back to a local share");
             }

@@ -183,6 +183,9 @@ impl Cluster {
                 }
             });
         }
+        // Only the readers send from here on: a replica that exits closes
+        // the channel, and the wait below says why at once.
+        drop(tx);
         let mut seen: Vec<String> = Vec::new();
         let (addr, metrics_addr): (std::net::SocketAddr, std::net::SocketAddr) = within(async {
             while let Some(line) = lines.recv().await {

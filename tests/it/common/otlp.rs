@@ -9,6 +9,7 @@ use axum::extract::State;
 use axum::routing::post;
 use axum::Router;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use prost::Message;
 
@@ -19,6 +20,17 @@ pub struct ReceivedSpan {
     pub kind: SpanKind,
     /// Lowercase hex, as in a `traceparent` header.
     pub trace_id: String,
+    /// The string-valued attributes.
+    pub attributes: Vec<(String, String)>,
+}
+
+impl ReceivedSpan {
+    pub fn attribute(&self, key: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 type Spans = Arc<Mutex<Vec<ReceivedSpan>>>;
@@ -66,8 +78,16 @@ async fn receive(State(spans): State<Spans>, body: Bytes) -> Vec<u8> {
         .flat_map(|s| s.spans)
         .map(|span| ReceivedSpan {
             kind: span.kind(),
-            name: span.name,
             trace_id: span.trace_id.iter().map(|b| format!("{b:02x}")).collect(),
+            attributes: span
+                .attributes
+                .iter()
+                .filter_map(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                    Value::StringValue(text) => Some((kv.key.clone(), text.clone())),
+                    _ => None,
+                })
+                .collect(),
+            name: span.name,
         });
     spans.lock().unwrap().extend(received);
     // An empty ExportTraceServiceResponse: everything accepted.
