@@ -143,18 +143,24 @@ impl AccessLog {
             .get::<MatchedPath>()
             .map(|p| p.as_str().to_owned())
             .unwrap_or_else(|| "unmatched".to_owned());
+        // `method` and `route` for the log lines; the OpenTelemetry semantic
+        // conventions' names for the trace.
         let span = tracing::info_span!(
             "http",
             otel.name = %format!("{method} {route}"),
             otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
             request_id = %request_id,
             method = %method,
             route = %route,
+            http.request.method = %method,
+            http.route = %route,
             user_id = tracing::field::Empty,
             draft_id = tracing::field::Empty,
             trace_id = tracing::field::Empty,
             span_id = tracing::field::Empty,
             http.response.status_code = tracing::field::Empty,
+            "error.type" = tracing::field::Empty,
         );
         crate::telemetry::link(&span, &crate::telemetry::HeaderCarrier(req.headers()));
         metrics.http_in_flight().increment(1.0);
@@ -182,6 +188,12 @@ impl AccessLog {
         );
         let error = response.extensions().get::<ErrorCause>();
         let error_code = error.map(|e| e.code);
+        if status >= 500 {
+            // A server error marks the span as failed, with what failed.
+            self.span.record("otel.status_code", "ERROR");
+            self.span
+                .record("error.type", error_code.unwrap_or("_OTHER"));
+        }
         let cause = error.and_then(|e| e.cause.as_deref());
         let latency_us = elapsed.as_micros() as u64;
         let probe =

@@ -498,6 +498,7 @@ async fn spans_reach_the_collector_with_their_kinds_and_are_flushed_on_exit() {
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
             ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
+            ("SHUTDOWN_DRAIN_DELAY_SECONDS", "2"),
             ("WS_LEASE_TTL_SECONDS", "2"),
             ("STATE_METRICS_INTERVAL_SECONDS", "1"),
             ("ROOM_HEAD_CHECK_SECONDS", "1"),
@@ -534,6 +535,18 @@ async fn spans_reach_the_collector_with_their_kinds_and_are_flushed_on_exit() {
     }
     assert!(collector.spans().is_empty(), "exported before the exit");
 
+    // Draining, a replica answers /readyz with a 503: a server error, so
+    // its span is marked failed.
+    cluster.replicas[0].begin_drain();
+    let readyz = cluster.replicas[0].url("/readyz");
+    let http = cluster.replicas[0].http.clone();
+    eventually(|| async {
+        http.get(&readyz)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 503)
+    })
+    .await;
     for replica in &mut cluster.replicas {
         assert!(replica.terminate().await.success());
     }
@@ -555,6 +568,7 @@ async fn spans_reach_the_collector_with_their_kinds_and_are_flushed_on_exit() {
         .collect();
     for (name, kind) in [
         ("POST /v1/collab/drafts/{id}/segments", SpanKind::Server),
+        ("mutate", SpanKind::Client),
         ("fanout publish", SpanKind::Producer),
         ("fanout deliver", SpanKind::Consumer),
     ] {
@@ -563,6 +577,32 @@ async fn spans_reach_the_collector_with_their_kinds_and_are_flushed_on_exit() {
             "no {name} span of kind {kind:?} in the caller's trace: {traced:?}"
         );
     }
+    // With the OpenTelemetry semantic conventions' attributes.
+    let named = |name: &str| {
+        spans
+            .iter()
+            .find(|s| s.trace_id == trace_id && s.name == name)
+            .unwrap_or_else(|| panic!("no {name} span"))
+    };
+    let server = named("POST /v1/collab/drafts/{id}/segments");
+    assert_eq!(server.attribute("http.request.method"), Some("POST"));
+    assert_eq!(
+        server.attribute("http.route"),
+        Some("/v1/collab/drafts/{id}/segments")
+    );
+    assert!(!server.failed);
+    let store = named("mutate");
+    assert_eq!(store.attribute("db.system.name"), Some("postgresql"));
+    assert_eq!(store.attribute("db.operation.name"), Some("mutate"));
+    let publish = named("fanout publish");
+    assert_eq!(publish.attribute("messaging.system"), Some("redis"));
+    assert_eq!(publish.attribute("messaging.operation.type"), Some("send"));
+    // The 503 while draining: failed, with the error's code as its type.
+    let refused = spans
+        .iter()
+        .find(|s| s.name == "GET /readyz" && s.failed)
+        .unwrap_or_else(|| panic!("no failed GET /readyz span"));
+    assert_eq!(refused.attribute("error.type"), Some("unavailable"));
 }
 
 /// Promise 5: at every level, even `trace`, no segment content, no

@@ -248,7 +248,7 @@ async fn write_change(
 
 #[async_trait]
 impl Store for PostgresStore {
-    #[instrument(skip_all, fields(draft_id = %draft.id))]
+    #[instrument(skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "create_draft", draft_id = %draft.id))]
     async fn create_draft(&self, draft: &Draft) -> Result<(), Error> {
         self.db
             .timed("create_draft", async {
@@ -287,7 +287,7 @@ impl Store for PostgresStore {
             .await
     }
 
-    #[instrument(skip_all, fields(draft_id = %id))]
+    #[instrument(skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "get_draft", draft_id = %id))]
     async fn get_draft(&self, id: Uuid) -> Result<Option<Draft>, Error> {
         self.db
             .timed("get_draft", async {
@@ -297,7 +297,7 @@ impl Store for PostgresStore {
             .await
     }
 
-    #[instrument(skip_all)]
+    #[instrument(skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "drafts_for_user"))]
     async fn drafts_for_user(&self, user_id: &UserId) -> Result<Vec<Draft>, Error> {
         self.db
             .timed("drafts_for_user", async {
@@ -315,7 +315,7 @@ impl Store for PostgresStore {
             .await
     }
 
-    #[instrument(skip_all, fields(draft_id = %draft_id))]
+    #[instrument(skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "segments", draft_id = %draft_id))]
     async fn segments(&self, draft_id: Uuid, page: Page) -> Result<Vec<Segment>, Error> {
         self.db
             .timed("segments", async {
@@ -334,7 +334,7 @@ impl Store for PostgresStore {
             .await
     }
 
-    #[instrument(skip_all, fields(draft_id = %draft_id))]
+    #[instrument(skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "events", draft_id = %draft_id))]
     async fn events(&self, draft_id: Uuid, page: Page) -> Result<Vec<Event>, Error> {
         self.db
             .timed("events", async {
@@ -354,7 +354,7 @@ impl Store for PostgresStore {
             .await
     }
 
-    #[instrument(skip_all, fields(drafts = draft_ids.len()))]
+    #[instrument(skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "heads", drafts = draft_ids.len()))]
     async fn heads(&self, draft_ids: &[Uuid]) -> Result<Vec<(Uuid, u64)>, Error> {
         self.db
             .timed("heads", async {
@@ -370,7 +370,7 @@ impl Store for PostgresStore {
             .await
     }
 
-    #[instrument(skip_all, fields(draft_id = %draft_id))]
+    #[instrument(skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "mutate", draft_id = %draft_id))]
     async fn mutate(
         &self,
         draft_id: Uuid,

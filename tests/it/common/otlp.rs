@@ -11,6 +11,7 @@ use axum::Router;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use prost::Message;
 
 /// One span as the collector received it.
@@ -22,6 +23,8 @@ pub struct ReceivedSpan {
     pub trace_id: String,
     /// The string-valued attributes.
     pub attributes: Vec<(String, String)>,
+    /// The span's status says it failed.
+    pub failed: bool,
 }
 
 impl ReceivedSpan {
@@ -87,6 +90,10 @@ async fn receive(State(spans): State<Spans>, body: Bytes) -> Vec<u8> {
                     _ => None,
                 })
                 .collect(),
+            failed: span
+                .status
+                .as_ref()
+                .is_some_and(|status| status.code() == StatusCode::Error),
             name: span.name,
         });
     spans.lock().unwrap().extend(received);
