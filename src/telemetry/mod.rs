@@ -12,8 +12,9 @@ use std::time::Duration;
 use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
@@ -131,9 +132,61 @@ fn provider(settings: &TraceSettings) -> Result<SdkTracerProvider, String> {
             .with_timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| format!("OTLP exporter: {e}"))?;
-        builder.with_batch_exporter(exporter)
+        builder.with_batch_exporter(Reporting::new(exporter, base))
     };
     Ok(builder.build())
+}
+
+/// The OTLP exporter, saying when it cannot deliver: once when exports start
+/// failing (naming the endpoint and the cause), once when they work again.
+/// The SDK itself drops the spans without a word, so a wrong endpoint went
+/// unnoticed.
+#[derive(Debug)]
+struct Reporting<E> {
+    inner: E,
+    endpoint: String,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl<E> Reporting<E> {
+    fn new(inner: E, endpoint: String) -> Self {
+        Reporting {
+            inner,
+            endpoint,
+            failing: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+}
+
+impl<E: SpanExporter> SpanExporter for Reporting<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        use std::sync::atomic::Ordering::Relaxed;
+        let result = self.inner.export(batch).await;
+        match &result {
+            Err(e) if !self.failing.swap(true, Relaxed) => tracing::warn!(
+                endpoint = %self.endpoint,
+                error.message = %e,
+                "traces cannot be exported; spans are dropped until the collector answers"
+            ),
+            Ok(()) if self.failing.swap(false, Relaxed) => {
+                tracing::info!(endpoint = %self.endpoint, "trace export works again")
+            }
+            _ => {}
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.inner.set_resource(resource)
+    }
 }
 
 /// Dependencies held at a level whatever `LOG_LEVEL` says. A filter of its

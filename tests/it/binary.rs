@@ -338,3 +338,33 @@ fn an_unreachable_postgres_stops_the_start_with_one_line() {
         "the password was printed: {stderr}"
     );
 }
+
+/// A collector that does not answer is reported once, naming the endpoint,
+/// and serving goes on; the spans of later batches (here, the flush on
+/// exit) fail quietly after that.
+#[tokio::test]
+async fn an_unreachable_collector_is_reported_once() {
+    let endpoint = format!("http://{}", closed_addr());
+    let mut server = Server::start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("LOG_FORMAT", "json"),
+    ]);
+    let listening = server.wait_for(|l| l.contains("collabd listening"));
+    let line: Value = serde_json::from_str(&listening).unwrap();
+    let addr = line["addr"].as_str().unwrap().to_owned();
+    let http = reqwest::Client::new();
+    let healthz = format!("http://{addr}/healthz");
+    assert_eq!(http.get(&healthz).send().await.unwrap().status(), 200);
+    let reported = server.wait_for(|l| l.contains("traces cannot be exported"));
+    assert!(reported.contains(&endpoint), "{reported}");
+    // Still serving; these spans go in the exit's flush, which fails too.
+    assert_eq!(http.get(&healthz).send().await.unwrap().status(), 200);
+    assert!(server.terminate().success());
+    let reports = server
+        .seen
+        .iter()
+        .filter(|l| l.contains("traces cannot be exported"))
+        .count();
+    assert_eq!(reports, 1, "{:#?}", server.seen);
+}
