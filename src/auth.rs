@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::http::{header, HeaderMap};
+use axum::http::{header, Extensions, HeaderMap};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, TokenData, Validation};
 use serde::{Deserialize, Serialize};
@@ -192,6 +192,17 @@ impl Authenticator {
 
     /// Shared secrets and, when given, an identity provider's keys.
     pub fn with(settings: AuthSettings, jwks: Option<Jwks>) -> Self {
+        Authenticator::build(settings, jwks, None)
+    }
+
+    /// The same, counting every verification in `auth_success_total` and
+    /// `auth_failures_total{reason}`: build it once per server, and verify
+    /// each request once (the rate limit hands its outcome on).
+    pub fn counted(settings: AuthSettings, jwks: Option<Jwks>, metrics: Metrics) -> Self {
+        Authenticator::build(settings, jwks, Some(metrics))
+    }
+
+    fn build(settings: AuthSettings, jwks: Option<Jwks>, metrics: Option<Metrics>) -> Self {
         let shared = settings
             .secrets
             .iter()
@@ -208,20 +219,9 @@ impl Authenticator {
                 jwks,
                 issuer: settings.issuer,
                 audience: settings.audience,
-                metrics: None,
+                metrics,
             }),
         }
-    }
-
-    /// The same, counting every verification in `auth_success_total` and
-    /// `auth_failures_total{reason}`: build it once per server, and verify
-    /// each request once (the rate limit hands its outcome on).
-    pub fn counted(settings: AuthSettings, jwks: Option<Jwks>, metrics: Metrics) -> Self {
-        let mut auth = Authenticator::with(settings, jwks);
-        if let Some(inner) = Arc::get_mut(&mut auth.inner) {
-            inner.metrics = Some(metrics);
-        }
-        auth
     }
 
     /// Mints a token for `user_id` valid for `ttl`, with the first shared
@@ -255,6 +255,23 @@ impl Authenticator {
     pub async fn verify_headers(&self, headers: &HeaderMap) -> Result<UserId, Error> {
         let outcome = self.check_headers(headers).await;
         self.settle(outcome)
+    }
+
+    /// Settles a request's token, counted once: the verdict the rate limit
+    /// handed on in the request's extensions, else the header verified now.
+    pub async fn settle_request(
+        &self,
+        extensions: &Extensions,
+        headers: &HeaderMap,
+    ) -> Result<UserId, Error> {
+        match (
+            extensions.get::<AuthUser>(),
+            extensions.get::<AuthRefused>(),
+        ) {
+            (Some(AuthUser(user)), _) => self.settle(Ok(user.clone())),
+            (None, Some(AuthRefused(refusal))) => self.settle(Err(*refusal)),
+            (None, None) => self.verify_headers(headers).await,
+        }
     }
 
     /// Verifies the header without counting: for a middleware that only

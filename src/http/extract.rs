@@ -10,7 +10,7 @@ use axum::Json;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-use crate::auth::{AuthRefused, AuthUser, Authenticator};
+use crate::auth::{AuthUser, Authenticator};
 use crate::error::Error;
 use crate::text::truncate_chars;
 
@@ -105,16 +105,11 @@ where
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let auth = Authenticator::from_ref(state);
-        let settled = match (
-            parts.extensions.get::<AuthUser>(),
-            parts.extensions.get::<AuthRefused>(),
-        ) {
-            (Some(AuthUser(user)), _) => auth.settle(Ok(user.clone())),
-            (None, Some(AuthRefused(refusal))) => auth.settle(Err(*refusal)),
-            (None, None) => auth.verify_headers(&parts.headers).await,
-        };
-        let user = AuthUser(settled?);
+        let user = AuthUser(
+            Authenticator::from_ref(state)
+                .settle_request(&parts.extensions, &parts.headers)
+                .await?,
+        );
         tracing::Span::current().record("user_id", user.0.as_str());
         Ok(user)
     }

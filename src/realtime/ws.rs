@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRef, Query, State};
-use axum::http::{header, HeaderMap};
+use axum::http::{header, Extensions, HeaderMap};
 use axum::response::Response;
 use axum::routing::get;
-use axum::{Extension, Router};
+use axum::Router;
 use futures_util::SinkExt;
 use serde::Deserialize;
 use serde_json::json;
@@ -26,7 +26,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::hub::{Frame, Hub, Member};
-use crate::auth::{AuthRefused, AuthUser, Authenticator, Refusal};
+use crate::auth::Authenticator;
 use crate::collab::input::UserId;
 use crate::collab::model::Draft;
 use crate::collab::rules::require_member;
@@ -113,8 +113,7 @@ async fn upgrade(
     DraftId(draft_id): DraftId,
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
-    checked: Option<Extension<AuthUser>>,
-    refused: Option<Extension<AuthRefused>>,
+    extensions: Extensions,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, Error> {
     if sessions.draining.is_cancelled() {
@@ -124,12 +123,7 @@ async fn upgrade(
     }
     let ws = ws.map_err(|_| Error::Validation("expected a WebSocket upgrade request".into()))?;
     check_origin(&headers, &sessions.settings.allowed_origins)?;
-    let header_verdict = match (checked, refused) {
-        (Some(Extension(AuthUser(user))), _) => Some(Ok(user)),
-        (None, Some(Extension(AuthRefused(refusal)))) => Some(Err(refusal)),
-        (None, None) => None,
-    };
-    let user_id = authenticate(&sessions.auth, &params, &headers, header_verdict).await?;
+    let user_id = authenticate(&sessions.auth, &params, &headers, &extensions).await?;
     tracing::Span::current().record("user_id", user_id.as_str());
     let since = since_of(&params)?;
     let draft = sessions.collab.draft(draft_id).await?;
@@ -185,14 +179,11 @@ async fn authenticate(
     auth: &Authenticator,
     params: &HashMap<String, String>,
     headers: &HeaderMap,
-    header_verdict: Option<Result<UserId, Refusal>>,
+    extensions: &Extensions,
 ) -> Result<UserId, Error> {
-    match (params.get("access_token"), header_verdict) {
-        (Some(token), _) if !headers.contains_key(header::AUTHORIZATION) => {
-            auth.verify(token).await
-        }
-        (_, Some(verdict)) => auth.settle(verdict),
-        (_, None) => auth.verify_headers(headers).await,
+    match params.get("access_token") {
+        Some(token) if !headers.contains_key(header::AUTHORIZATION) => auth.verify(token).await,
+        _ => auth.settle_request(extensions, headers).await,
     }
 }
 

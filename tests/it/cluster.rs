@@ -14,7 +14,7 @@ use crate::common::redis::{base_url, PrivateRedis};
 use crate::common::*;
 use collabd::adapters::redis::leases::active_rooms;
 use collabd::adapters::redis::{pool as redis_pool, RedisSettings};
-use fred::interfaces::{HashesInterface, LuaInterface, SortedSetsInterface};
+use fred::interfaces::LuaInterface;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -121,29 +121,10 @@ async fn the_socket_cap_holds_cluster_wide_and_a_killed_replica_stops_counting()
 
 /// (live incarnations, sockets recorded under them) in Redis.
 async fn lease_records(cluster: &Cluster) -> (i64, i64) {
-    let redis = crate::common::redis::client(&cluster.redis_url).await;
-    let base = format!("{{{}ws}}", cluster.prefix.prefix);
-    let incarnations: Vec<String> = redis
-        .zrange(
-            format!("{base}:incarnations"),
-            0,
-            -1,
-            None,
-            false,
-            None,
-            false,
-        )
-        .await
-        .unwrap();
-    let mut sockets = 0;
-    for inc in &incarnations {
-        let n: i64 = redis
-            .hlen(format!("{base}:inc:{inc}:sockets"))
-            .await
-            .unwrap();
-        sockets += n;
-    }
-    (incarnations.len() as i64, sockets)
+    (
+        cluster.leases().await.len() as i64,
+        cluster.sockets_in_redis().await,
+    )
 }
 
 #[tokio::test]
@@ -520,19 +501,7 @@ async fn spans_reach_the_collector_with_their_kinds_and_are_flushed_on_exit() {
     assert_eq!(watcher.next_seqs(1).await, [1]);
     watcher.close().await;
     // Let the replicas renew their leases a few times meanwhile.
-    let incarnations = format!("{{{}ws}}:incarnations", cluster.prefix.prefix);
-    let redis = crate::common::redis::client(&cluster.redis_url).await;
-    let deadlines = || async {
-        let now: Vec<(String, f64)> = redis
-            .zrange(&incarnations, 0, -1, None, false, None, true)
-            .await
-            .unwrap();
-        now.iter().map(|(_, d)| *d).sum::<f64>()
-    };
-    for _ in 0..3 {
-        let before = deadlines().await;
-        eventually(|| async { deadlines().await > before }).await;
-    }
+    cluster.until_every_lease_renewed(3).await;
     assert!(collector.spans().is_empty(), "exported before the exit");
 
     // Draining, a replica answers /readyz with a 503: a server error, so

@@ -9,7 +9,6 @@ use crate::common::cluster::{Cluster, Replica};
 use crate::common::proxy::Proxy;
 use crate::common::redis::{base_url, PrivateRedis};
 use crate::common::*;
-use fred::interfaces::{HashesInterface, SortedSetsInterface};
 use serde_json::json;
 
 const REDIS_HEALTH: &str = "health_status{component=\"redis\"}";
@@ -45,60 +44,17 @@ impl BehindRedisProxy {
         this
     }
 
-    fn lease_base(&self) -> String {
-        format!("{{{}ws}}", self.cluster.prefix.prefix)
-    }
-
-    /// (incarnation, lease deadline) of every live replica.
-    async fn leases(&self) -> Vec<(String, f64)> {
-        let redis = crate::common::redis::client(&self.cluster.redis_url).await;
-        redis
-            .zrange(
-                format!("{}:incarnations", self.lease_base()),
-                0,
-                -1,
-                None,
-                false,
-                None,
-                true,
-            )
-            .await
-            .unwrap()
-    }
-
     /// Waits until every replica renewed its lease twice after all of them
     /// had registered. The first renewal's count may not be stored yet when
     /// its deadline shows in Redis; the heartbeat sends the second only
     /// after it was. From then on each replica knows how many share the caps
     /// and limits, and so what its share is when Redis goes.
     async fn until_every_replica_counts_the_others(&self) {
-        let n = self.cluster.replicas.len();
-        eventually(|| async { self.leases().await.len() == n }).await;
-        for _ in 0..2 {
-            let before = self.leases().await;
-            eventually(|| async {
-                let now = self.leases().await;
-                now.len() == n
-                    && before
-                        .iter()
-                        .all(|(inc, was)| now.iter().any(|(i, d)| i == inc && d > was))
-            })
-            .await;
-        }
+        self.cluster.until_every_lease_renewed(2).await;
     }
 
-    /// Sockets recorded in Redis under the live incarnations.
     async fn sockets_in_redis(&self) -> i64 {
-        let redis = crate::common::redis::client(&self.cluster.redis_url).await;
-        let mut sockets = 0;
-        for (inc, _) in self.leases().await {
-            let n: i64 = redis
-                .hlen(format!("{}:inc:{inc}:sockets", self.lease_base()))
-                .await
-                .unwrap();
-            sockets += n;
-        }
-        sockets
+        self.cluster.sockets_in_redis().await
     }
 }
 

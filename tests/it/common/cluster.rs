@@ -5,6 +5,7 @@
 use std::process::Stdio;
 use std::sync::Arc;
 
+use fred::interfaces::{HashesInterface, SortedSetsInterface};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
@@ -222,5 +223,59 @@ impl Cluster {
 
     pub fn replica(&self, i: usize) -> &Replica {
         &self.replicas[i % self.replicas.len()]
+    }
+
+    /// The hash tag of this cluster's lease keys.
+    fn lease_base(&self) -> String {
+        format!("{{{}ws}}", self.prefix.prefix)
+    }
+
+    /// (incarnation, lease deadline) of every live replica, from Redis.
+    pub async fn leases(&self) -> Vec<(String, f64)> {
+        let redis = super::redis::client(&self.redis_url).await;
+        redis
+            .zrange(
+                format!("{}:incarnations", self.lease_base()),
+                0,
+                -1,
+                None,
+                false,
+                None,
+                true,
+            )
+            .await
+            .unwrap()
+    }
+
+    /// Sockets recorded in Redis under the live incarnations.
+    pub async fn sockets_in_redis(&self) -> i64 {
+        let redis = super::redis::client(&self.redis_url).await;
+        let mut sockets = 0;
+        for (inc, _) in self.leases().await {
+            let n: i64 = redis
+                .hlen(format!("{}:inc:{inc}:sockets", self.lease_base()))
+                .await
+                .unwrap();
+            sockets += n;
+        }
+        sockets
+    }
+
+    /// Waits until every replica has registered, then until each has
+    /// renewed its lease `rounds` times more.
+    pub async fn until_every_lease_renewed(&self, rounds: usize) {
+        let n = self.replicas.len();
+        super::eventually(|| async { self.leases().await.len() == n }).await;
+        for _ in 0..rounds {
+            let before = self.leases().await;
+            super::eventually(|| async {
+                let now = self.leases().await;
+                now.len() == n
+                    && before
+                        .iter()
+                        .all(|(inc, was)| now.iter().any(|(i, d)| i == inc && d > was))
+            })
+            .await;
+        }
     }
 }

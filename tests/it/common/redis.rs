@@ -129,17 +129,9 @@ pub async fn keys_under(url: &str, prefix: &str) -> Vec<String> {
 
 /// Deletes every key under `prefix` (hash-tagged keys included).
 pub async fn delete_prefix(url: &str, prefix: &str) {
-    let client = client(url).await;
-    let patterns = [format!("{prefix}*"), format!("{{{prefix}*")];
-    for pattern in patterns {
-        let mut scan = client.scan(pattern, Some(500), None);
-        while let Some(Ok(mut page)) = scan.next().await {
-            if let Some(keys) = page.take_results() {
-                if !keys.is_empty() {
-                    let _: i64 = client.del(keys).await.unwrap_or(0);
-                }
-            }
-        }
+    let keys = keys_under(url, prefix).await;
+    if !keys.is_empty() {
+        let _: i64 = client(url).await.del(keys).await.unwrap_or(0);
     }
 }
 
