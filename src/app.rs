@@ -27,6 +27,7 @@ use crate::adapters::fallback::{self, FallbackLimiter, ReplicaCount};
 use crate::adapters::memory::{
     MemoryAudit, MemoryFanout, MemoryLeases, MemoryRateLimiter, MemoryStore, SoleLeader,
 };
+use crate::adapters::otlp::{MetricsPush, PushSettings};
 use crate::adapters::postgres::claim::{claim, Claim, Sharing};
 use crate::adapters::postgres::migrate::MigrateError;
 use crate::adapters::postgres::{self, PoolSettings, PostgresAudit, PostgresHealth, PostgresStore};
@@ -100,6 +101,8 @@ pub struct Backends {
     pub claim: Option<Claim>,
     /// An identity provider's signing keys (`AUTH_JWKS_URL`), loaded.
     pub jwks: Option<Jwks>,
+    /// Where metrics are pushed (`OTEL_METRICS_EXPORTER=otlp`).
+    pub metrics_push: Option<Arc<MetricsPush>>,
 }
 
 /// The store as a health check, for the modes whose store has no other.
@@ -120,7 +123,8 @@ impl Backends {
     /// Standalone: everything in this process, nothing else needed. The
     /// audit sink is passed in so a caller can read the rows back.
     pub fn memory(audit: Arc<MemoryAudit>) -> Self {
-        let registry = RoomRegistry::new();
+        let metrics = Metrics::new();
+        let registry = RoomRegistry::new(metrics.clone());
         let leases = Arc::new(MemoryLeases::new());
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
         Backends {
@@ -133,10 +137,11 @@ impl Backends {
             audit,
             leadership: Arc::new(SoleLeader),
             registry,
-            metrics: Metrics::new(),
+            metrics,
             mode: Mode::Standalone,
             claim: None,
             jwks: None,
+            metrics_push: None,
         }
     }
 
@@ -218,6 +223,7 @@ impl Backends {
             _ => Backends::memory(Arc::new(MemoryAudit::new())),
         };
         backends.jwks = identity_provider(config).await?;
+        backends.metrics_push = metrics_push(config, &backends.metrics)?;
         Ok(backends)
     }
 }
@@ -234,6 +240,37 @@ async fn identity_provider(config: &Config) -> Result<Option<Jwks>, StartError> 
     };
     let load = async { Jwks::load(crate::adapters::jwks::source(location)?, settings).await };
     load.await.map(Some).map_err(StartError::Jwks)
+}
+
+/// The OTLP metrics push, when `OTEL_METRICS_EXPORTER=otlp`: to
+/// `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` as given, else to
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` (default http://localhost:4318) + `/v1/metrics`.
+fn metrics_push(
+    config: &Config,
+    metrics: &Metrics,
+) -> Result<Option<Arc<MetricsPush>>, StartError> {
+    if config.otel_metrics_exporter != config::MetricsExporter::Otlp {
+        return Ok(None);
+    }
+    let endpoint = config
+        .otel_exporter_otlp_metrics_endpoint
+        .clone()
+        .unwrap_or_else(|| {
+            let base = config
+                .otel_exporter_otlp_endpoint
+                .as_deref()
+                .unwrap_or("http://localhost:4318");
+            format!("{}/v1/metrics", base.trim_end_matches('/'))
+        });
+    let push = MetricsPush::new(PushSettings {
+        endpoint,
+        timeout: Duration::from_millis(config.otel_metric_export_timeout),
+        service_name: config.otel_service_name.clone(),
+        instance_id: telemetry::instance_id().to_owned(),
+        started: metrics.started(),
+    })
+    .map_err(StartError::MetricsPush)?;
+    Ok(Some(Arc::new(push)))
 }
 
 /// What tokens must be signed with and say, from the configuration.
@@ -347,6 +384,8 @@ pub enum StartError {
     Migrate(#[from] MigrateError),
     #[error("AUTH_JWKS_URL: {0}")]
     Jwks(Error),
+    #[error("OTEL_METRICS_EXPORTER=otlp: {0}")]
+    MetricsPush(Error),
     #[error("cannot listen on {addr} ({variable}): {source}")]
     Bind {
         variable: &'static str,
@@ -377,6 +416,7 @@ pub struct AppState {
     checks: Arc<[Arc<dyn HealthCheck>]>,
     /// Held, never read: released when the last clone of the state goes.
     _claim: Option<Arc<Claim>>,
+    metrics_push: Option<Arc<MetricsPush>>,
     /// Cancelled when draining starts; sockets watch it.
     pub shutdown: CancellationToken,
     /// Tracks socket sessions so shutdown can wait for their goodbyes.
@@ -488,6 +528,7 @@ impl AppState {
             leadership: backends.leadership,
             checks: backends.checks.into(),
             _claim: backends.claim.map(Arc::new),
+            metrics_push: backends.metrics_push,
             shutdown,
             sockets,
         }
@@ -544,6 +585,16 @@ impl Health for AppState {
     async fn metrics_text(&self) -> String {
         self.collect_metrics().await;
         self.metrics.render()
+    }
+}
+
+impl AppState {
+    /// One OTLP metrics push of what /metrics would answer now, when the
+    /// push is on.
+    async fn push_metrics(&self) {
+        if let Some(push) = &self.metrics_push {
+            push.push(&self.metrics_text().await).await;
+        }
     }
 }
 
@@ -624,6 +675,7 @@ pub async fn run(
         });
     }
     let stop_accepting = CancellationToken::new();
+    let last_push = state.clone();
     let app = public_router(state);
     let mut server = tokio::spawn(server::serve(
         public,
@@ -662,6 +714,12 @@ pub async fn run(
             Ok(())
         }
     };
+    // The figures of the last interval, drain included.
+    last_push
+        .push_metrics()
+        .instrument(telemetry::untraced("metrics push"))
+        .await;
+    drop(last_push);
     management_done.cancel();
     result
 }
@@ -704,6 +762,18 @@ fn spawn_background(state: &AppState) -> CancellationToken {
         telemetry::process::return_free_memory();
         std::future::ready(())
     });
+    if state.metrics_push.is_some() {
+        let pusher = state.clone();
+        every(
+            "metrics push",
+            Duration::from_millis(config.otel_metric_export_interval),
+            &stop,
+            move || {
+                let pusher = pusher.clone();
+                async move { pusher.push_metrics().await }
+            },
+        );
+    }
     stop
 }
 

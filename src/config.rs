@@ -150,6 +150,15 @@ pub enum TracesExporter {
     None,
 }
 
+/// `OTEL_METRICS_EXPORTER`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MetricsExporter {
+    /// Scraped from the management listener's /metrics only.
+    Prometheus,
+    /// Pushed over OTLP/HTTP as well; /metrics still answers.
+    Otlp,
+}
+
 /// `OTEL_TRACES_SAMPLER`, with the OpenTelemetry names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 #[value(rename_all = "snake_case")]
@@ -445,7 +454,8 @@ pub struct Config {
     /// console exporter is set).
     #[arg(long, env = "OTEL_ENABLED", default_value = "false", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
     pub otel_enabled: bool,
-    /// OTLP/HTTP collector base URL, e.g. http://lgtm:4318 (`/v1/traces` is appended).
+    /// OTLP/HTTP collector base URL, e.g. http://lgtm:4318 (`/v1/traces` and
+    /// `/v1/metrics` are appended).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otel_exporter_otlp_endpoint: Option<String>,
     /// `otlp` (default), `console` (spans on stdout) or `none`.
@@ -461,6 +471,23 @@ pub struct Config {
     /// The ratio for the ratio samplers, 0.0 to 1.0.
     #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG")]
     pub otel_traces_sampler_arg: Option<f64>,
+    /// `prometheus` (scrape /metrics only) or `otlp` (push them too).
+    #[arg(
+        long,
+        env = "OTEL_METRICS_EXPORTER",
+        value_enum,
+        default_value = "prometheus"
+    )]
+    pub otel_metrics_exporter: MetricsExporter,
+    /// Where metrics are pushed, in full (default: the OTLP endpoint + `/v1/metrics`).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")]
+    pub otel_exporter_otlp_metrics_endpoint: Option<String>,
+    /// Milliseconds between two metric pushes.
+    #[arg(long, env = "OTEL_METRIC_EXPORT_INTERVAL", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub otel_metric_export_interval: u64,
+    /// Milliseconds one metric push may take.
+    #[arg(long, env = "OTEL_METRIC_EXPORT_TIMEOUT", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub otel_metric_export_timeout: u64,
 
     /// Management listener: /metrics, /healthz, /readyz. Never the public port.
     #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:9090")]

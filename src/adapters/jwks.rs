@@ -10,11 +10,11 @@ use async_trait::async_trait;
 use axum::body::Bytes;
 use axum::http::Uri;
 use http_body_util::{BodyExt, Empty, Limited};
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 
+use super::outbound::{self, shown};
 use crate::error::Error;
 use crate::ports::KeySetSource;
 
@@ -46,28 +46,14 @@ impl HttpJwks {
         let uri: Uri = url
             .parse()
             .map_err(|e| Error::internal(format!("not a URL: {e}")))?;
-        let invalid = |e: &dyn std::fmt::Display| Error::internal(format!("{}: {e}", shown(&uri)));
-        let connector = HttpsConnectorBuilder::new()
-            .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
-            .map_err(|e| invalid(&format!("no CA certificates to check it with: {e}")))?
-            .https_or_http()
-            .enable_http1()
-            .build();
+        let client =
+            outbound::client().map_err(|e| Error::internal(format!("{}: {e}", shown(&uri))))?;
         Ok(HttpJwks {
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client,
             shown: shown(&uri),
             url: uri,
         })
     }
-}
-
-/// The URL as messages show it: scheme, host, port and path, without
-/// credentials or a query string that could hold a token.
-fn shown(uri: &Uri) -> String {
-    let scheme = uri.scheme_str().unwrap_or("https");
-    let host = uri.host().unwrap_or_default();
-    let port = uri.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
-    format!("{scheme}://{host}{port}{}", uri.path())
 }
 
 #[async_trait]

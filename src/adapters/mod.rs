@@ -6,9 +6,13 @@
 //! - [`fallback`]: a rate limiter that applies `RATE_LIMIT_FAIL_MODE` when
 //!   the shared one fails.
 //! - [`jwks`]: an identity provider's key set, over HTTP(S) or from a file.
+//! - [`otlp`]: the metrics pushed to an OpenTelemetry collector.
+//! - [`outbound`]: the HTTP(S) client those two share.
 
 pub mod fallback;
 pub mod jwks;
 pub mod memory;
+pub mod otlp;
+pub mod outbound;
 pub mod postgres;
 pub mod redis;

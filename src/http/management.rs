@@ -4,12 +4,14 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
+use super::request::{current_request_id, request_id_of, REQUEST_ID, REQUEST_ID_HEADER};
 use super::response::ErrorCause;
 use super::{healthz, readyz, Health};
 use crate::error::Error;
@@ -37,6 +39,19 @@ pub fn router<H: Health>(health: H, token: Option<String>) -> Router {
         )
         .fallback(super::not_found)
         .layer(axum::middleware::map_response(log_failure))
+        .layer(axum::middleware::from_fn(request_id))
+}
+
+/// Each request gets an id as on the public port (a sane `X-Request-Id`
+/// kept, else a new one), echoed in the header and named by its error
+/// envelope and its failure line.
+async fn request_id(req: Request, next: Next) -> Response {
+    let id = request_id_of(&req);
+    let mut response = REQUEST_ID.scope(id.clone(), next.run(req)).await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    response
 }
 
 /// The management port has no access log (probes and scrapes would flood
@@ -46,6 +61,7 @@ async fn log_failure(response: Response) -> Response {
     if status.is_server_error() {
         let error = response.extensions().get::<ErrorCause>();
         tracing::warn!(
+            request_id = %current_request_id(),
             status = status.as_u16(),
             error_code = error.map(|e| e.code),
             error.message = error.and_then(|e| e.cause.as_deref()),

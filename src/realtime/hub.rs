@@ -97,15 +97,20 @@ struct RoomHandle {
 
 /// Routes events to this process's rooms. Cheap to clone; `app.rs` hands it
 /// to the fanout adapter as its `RoomSink`.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct RoomRegistry {
     /// A std `Mutex`: held only to look up or update a handle, never across `.await`.
     rooms: Arc<Mutex<HashMap<Uuid, RoomHandle>>>,
+    /// Counts what a full room queue turns away.
+    metrics: Metrics,
 }
 
 impl RoomRegistry {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(metrics: Metrics) -> Self {
+        RoomRegistry {
+            rooms: Arc::default(),
+            metrics,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, RoomHandle>> {
@@ -120,6 +125,7 @@ impl RoomSink for RoomRegistry {
         let rooms = self.lock();
         if let Some(room) = rooms.get(&event.draft_id) {
             if room.tx.try_send(RoomMsg::Deliver(event)).is_err() {
+                self.metrics.channel_dropped("room_queue", 1);
                 room.lagged.store(true, Ordering::Release);
             }
         }

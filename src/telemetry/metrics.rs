@@ -106,6 +106,8 @@ catalog! {
         "Events published to other replicas: ok or error.";
     FANOUT_LAG = "fanout_lag_seconds", Histogram, [],
         "From an event's commit to its arrival in this replica's room.";
+    CHANNEL_DROPPED = "channel_dropped_messages_total", Counter, ["channel"],
+        "Events dropped on the way to a room because a buffer was full (the room refills them from the store): room_queue (a room's queue) or pubsub_reader (the pub/sub reader fell behind the Redis client's buffer).";
     FANOUT_RECONNECTS = "fanout_reconnects_total", Counter, [],
         "Times the pub/sub connection was re-established.";
     FANOUT_CATCHUPS = "fanout_catchups_total", Counter, ["cause"],
@@ -212,6 +214,8 @@ static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
 
 struct Inner {
+    /// When every counter was zero.
+    started: std::time::SystemTime,
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     http_in_flight: Gauge,
@@ -272,6 +276,7 @@ impl Metrics {
         let handle = recorder.handle();
         let plain = |name: &'static str| Key::from_static_name(name);
         let inner = Inner {
+            started: std::time::SystemTime::now(),
             http_in_flight: recorder.register_gauge(&plain(HTTP_IN_FLIGHT), &METADATA),
             ws_connections: recorder.register_counter(&plain(WS_CONNECTIONS), &METADATA),
             ws_active: recorder.register_gauge(&plain(WS_ACTIVE), &METADATA),
@@ -339,6 +344,10 @@ impl Metrics {
             self.labeled_counter(FANOUT_PUBLISH, "result", result)
                 .increment(0);
         }
+        for channel in ["room_queue", "pubsub_reader"] {
+            self.labeled_counter(CHANNEL_DROPPED, "channel", channel)
+                .increment(0);
+        }
         for cause in ["head_check", "join"] {
             self.labeled_counter(FANOUT_CATCHUPS, "cause", cause)
                 .increment(0);
@@ -370,6 +379,11 @@ impl Metrics {
         value: &'static str,
     ) -> Counter {
         self.counter(name, vec![Label::new(label, value)])
+    }
+
+    /// When these metrics started counting from zero.
+    pub fn started(&self) -> std::time::SystemTime {
+        self.inner.started
     }
 
     /// The Prometheus text exposition of every metric.
@@ -531,6 +545,12 @@ impl Metrics {
     pub fn fanout_catchup(&self, cause: &'static str) {
         self.labeled_counter(FANOUT_CATCHUPS, "cause", cause)
             .increment(1);
+    }
+
+    /// Events a full buffer turned away on their way to rooms.
+    pub fn channel_dropped(&self, channel: &'static str, events: u64) {
+        self.labeled_counter(CHANNEL_DROPPED, "channel", channel)
+            .increment(events);
     }
 
     pub fn fanout_reconnected(&self) {

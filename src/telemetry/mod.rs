@@ -112,9 +112,21 @@ impl TelemetryGuard {
     }
 }
 
+/// This process among the replicas, as OpenTelemetry's
+/// `service.instance.id`: a random id made once per process, carried by its
+/// spans and its pushed metrics alike.
+pub fn instance_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| uuid::Uuid::new_v4().to_string())
+}
+
 fn provider(settings: &TraceSettings) -> Result<SdkTracerProvider, String> {
     let resource = opentelemetry_sdk::Resource::builder()
         .with_service_name(settings.service_name.clone())
+        .with_attribute(opentelemetry::KeyValue::new(
+            "service.instance.id",
+            instance_id(),
+        ))
         .build();
     let builder = SdkTracerProvider::builder()
         .with_sampler(settings.sampler())

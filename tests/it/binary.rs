@@ -345,26 +345,51 @@ fn an_unreachable_postgres_stops_the_start_with_one_line() {
 #[tokio::test]
 async fn an_unreachable_collector_is_reported_once() {
     let endpoint = format!("http://{}", closed_addr());
-    let mut server = Server::start(&[
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ("LOG_FORMAT", "json"),
-    ]);
+    reported_once(
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+        "traces cannot be exported",
+        &endpoint,
+    )
+    .await;
+}
+
+/// The same for the metrics push (every 100 ms here, and once more on exit).
+#[tokio::test]
+async fn an_unreachable_metrics_collector_is_reported_once() {
+    let endpoint = format!("http://{}/v1/metrics", closed_addr());
+    reported_once(
+        &[
+            ("OTEL_METRICS_EXPORTER", "otlp"),
+            ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", endpoint.as_str()),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "100"),
+        ],
+        "metrics cannot be pushed",
+        &endpoint,
+    )
+    .await;
+}
+
+/// Serves with `envs`, waits for one WARN line saying `report` and naming
+/// `endpoint`, checks serving goes on, and finds no second such line once
+/// the process has exited.
+async fn reported_once(envs: &[(&str, &str)], report: &str, endpoint: &str) {
+    let mut envs = envs.to_vec();
+    envs.push(("LOG_FORMAT", "json"));
+    let mut server = Server::start(&envs);
     let listening = server.wait_for(|l| l.contains("collabd listening"));
     let line: Value = serde_json::from_str(&listening).unwrap();
     let addr = line["addr"].as_str().unwrap().to_owned();
     let http = reqwest::Client::new();
     let healthz = format!("http://{addr}/healthz");
     assert_eq!(http.get(&healthz).send().await.unwrap().status(), 200);
-    let reported = server.wait_for(|l| l.contains("traces cannot be exported"));
-    assert!(reported.contains(&endpoint), "{reported}");
-    // Still serving; these spans go in the exit's flush, which fails too.
+    let reported: Value = serde_json::from_str(&server.wait_for(|l| l.contains(report))).unwrap();
+    assert_eq!(reported["level"], "WARN", "{reported}");
+    assert_eq!(reported["endpoint"], endpoint, "{reported}");
     assert_eq!(http.get(&healthz).send().await.unwrap().status(), 200);
     assert!(server.terminate().success());
-    let reports = server
-        .seen
-        .iter()
-        .filter(|l| l.contains("traces cannot be exported"))
-        .count();
+    let reports = server.seen.iter().filter(|l| l.contains(report)).count();
     assert_eq!(reports, 1, "{:#?}", server.seen);
 }

@@ -4,11 +4,12 @@
 //! cluster-wide, and a SIGKILLed replica stops counting within its lease TTL;
 //! a Redis outage mid-stream loses nothing; a `SCRIPT FLUSH` costs nothing.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::cluster::Cluster;
-use crate::common::otlp::Collector;
+use crate::common::otlp::{Collector, ReceivedPoint};
 use crate::common::proxy::Proxy;
 use crate::common::redis::{base_url, PrivateRedis};
 use crate::common::*;
@@ -430,6 +431,24 @@ async fn a_request_on_one_replica_and_its_delivery_on_another_share_a_trace() {
             );
         }
     }
+
+    // Every field of every line, at the top or in `span`, is one the
+    // operator's table in docs/OBSERVABILITY.md explains.
+    let documented = crate::common::logfields::documented();
+    for replica in &cluster.replicas {
+        for line in replica.logs.lock().unwrap().iter() {
+            let Ok(serde_json::Value::Object(fields)) = serde_json::from_str(line) else {
+                panic!("not a JSON line: {line}");
+            };
+            let inner = fields.get("span").and_then(|s| s.as_object());
+            let keys = fields
+                .keys()
+                .chain(inner.into_iter().flat_map(|s| s.keys()));
+            for key in keys {
+                assert!(documented.contains(key), "{key} is not documented: {line}");
+            }
+        }
+    }
 }
 
 #[tokio::test]
@@ -463,6 +482,107 @@ async fn a_draining_replica_releases_its_sockets_leases_before_it_exits() {
     let (_c, _) = survivor.ws("alice", &id, None).await;
     let (_d, _) = survivor.ws("alice", &id, None).await;
     assert_eq!(lease_records(&cluster).await.1, 2);
+}
+
+/// `OTEL_METRICS_EXPORTER=otlp`: each replica pushes what its /metrics
+/// serves, every family and the figures of a real append, under its own
+/// `service.instance.id`; the last push, on exit, carries the drain.
+#[tokio::test]
+async fn metrics_are_pushed_over_otlp_as_the_scrape_serves_them() {
+    let collector = Collector::start().await;
+    let endpoint = format!("{}/v1/metrics", collector.url());
+    let mut cluster = Cluster::start(
+        2,
+        base_url(),
+        &[
+            ("OTEL_METRICS_EXPORTER", "otlp"),
+            ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", &endpoint),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+        ],
+    )
+    .await;
+    let id = cluster.replicas[0].create_draft("alice", "Pushed").await;
+    let (mut watcher, _) = cluster.replicas[1].ws("alice", &id, None).await;
+    let reply = cluster.replicas[0]
+        .post(
+            "alice",
+            &format!("/v1/collab/drafts/{id}/segments"),
+            serde_json::json!({ "content": "counted" }),
+        )
+        .await;
+    assert_eq!(reply.status, 201);
+    assert_eq!(watcher.next_seqs(1).await, [1]);
+
+    // Every family either replica serves arrives, from two processes, and
+    // nothing the scrape does not serve.
+    let mut scraped = BTreeSet::new();
+    for replica in &cluster.replicas {
+        let text = replica.scrape().await;
+        scraped.extend(
+            text.lines()
+                .filter_map(|l| l.strip_prefix("# TYPE "))
+                .filter_map(|l| l.split_whitespace().next())
+                .map(str::to_owned),
+        );
+    }
+    eventually(|| async {
+        let points = collector.points();
+        let pushed: BTreeSet<String> = points.iter().map(|p| p.metric.clone()).collect();
+        let instances: BTreeSet<&str> = points.iter().map(|p| p.instance.as_str()).collect();
+        pushed == scraped && instances.len() == 2
+    })
+    .await;
+    let latest = |metric: &str, pred: &dyn Fn(&ReceivedPoint) -> bool| -> f64 {
+        // Cumulative: the newest point of each instance is its total.
+        let points = collector.points();
+        let mut newest: BTreeMap<String, (usize, f64)> = BTreeMap::new();
+        for p in points.iter().filter(|p| p.metric == metric && pred(p)) {
+            let slot = newest
+                .entry(p.instance.clone())
+                .or_insert((p.push, p.value));
+            if p.push >= slot.0 {
+                *slot = (p.push, p.value);
+            }
+        }
+        newest.values().map(|(_, v)| v).sum()
+    };
+    // The figures of the append and the open socket, once pushes made
+    // after them have arrived from both replicas.
+    let append_route = |p: &ReceivedPoint| {
+        p.attribute("route") == Some("/v1/collab/drafts/{id}/segments")
+            && p.attribute("method") == Some("POST")
+    };
+    eventually(|| async {
+        let appends = latest("collab_mutations_total", &|p| {
+            p.kind == "sum" && p.attribute("type") == Some("append_segment")
+        });
+        let timed = latest("http_request_duration_seconds", &|p| {
+            p.kind == "histogram" && append_route(p)
+        });
+        let sockets = latest("ws_active_connections", &|p| p.kind == "gauge");
+        (appends, timed, sockets) == (1.0, 1.0, 1.0)
+    })
+    .await;
+    let bounds = collector
+        .points()
+        .into_iter()
+        .find(|p| p.metric == "http_request_duration_seconds")
+        .unwrap()
+        .bounds;
+    assert_eq!(bounds.first(), Some(&0.0005), "{bounds:?}");
+
+    // The push on exit carries the drain: the watcher told `shutdown`.
+    let terminating = {
+        let mut replica = cluster.replicas.remove(1);
+        tokio::spawn(async move { replica.terminate().await })
+    };
+    watcher.expect_closed("shutdown", 1001).await;
+    assert!(within(terminating).await.unwrap().success());
+    let shutdowns = latest("ws_disconnects_total", &|p| {
+        p.attribute("reason") == Some("shutdown")
+    });
+    assert_eq!(shutdowns, 1.0);
+    assert!(cluster.replicas[0].terminate().await.success());
 }
 
 #[tokio::test]

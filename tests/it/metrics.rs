@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::common::logfields;
 use crate::common::*;
 use collabd::telemetry::metrics::CATALOG;
 
@@ -57,6 +58,20 @@ async fn a_metrics_token_guards_the_scrape() {
     let url = format!("http://{}/metrics", app.metrics_addr);
     let without = read_reply(app.http.get(&url).send().await.unwrap()).await;
     assert_eq!((without.status, without.code()), (401, "unauthorized"));
+    // The envelope names the request, as on the public port: the id made
+    // for it, or the caller's.
+    let made = without.body["error"]["request_id"].as_str().unwrap();
+    assert_eq!(without.headers["x-request-id"], made);
+    assert!(uuid::Uuid::parse_str(made).is_ok(), "{made}");
+    let named = app
+        .http
+        .get(&url)
+        .header("x-request-id", "scrape-42")
+        .send()
+        .await
+        .unwrap();
+    let named = read_reply(named).await;
+    assert_eq!(named.body["error"]["request_id"], "scrape-42");
     let with = app
         .http
         .get(&url)
@@ -258,6 +273,38 @@ async fn the_documented_catalog_is_the_code_catalog_and_covers_live_names() {
         documented, coded,
         "docs/METRICS.md and src/telemetry/metrics.rs disagree"
     );
+    // Each row's type and labels are the code's too.
+    let rows: BTreeSet<(String, String, String)> = doc
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            let labels = match cells[3] {
+                "-" => String::new(),
+                listed => listed.replace('`', ""),
+            };
+            (
+                cells[1].trim_matches('`').to_owned(),
+                cells[2].to_owned(),
+                labels,
+            )
+        })
+        .collect();
+    let coded_rows: BTreeSet<(String, String, String)> = CATALOG
+        .iter()
+        .map(|d| {
+            (
+                d.name.to_owned(),
+                d.kind.as_str().to_owned(),
+                d.labels.join(", "),
+            )
+        })
+        .collect();
+    let drift: Vec<_> = rows.symmetric_difference(&coded_rows).collect();
+    assert!(
+        drift.is_empty(),
+        "docs/METRICS.md rows whose type or labels differ from the code: {drift:?}"
+    );
     for kind in [Kind::Memory, Kind::Postgres, Kind::Cluster] {
         let app = spawn_app(kind).await;
         app.create_draft("alice", "Named").await;
@@ -324,4 +371,26 @@ async fn the_state_gauges_report_the_store() {
     let text = app.scrape().await;
     assert_eq!(value(&text, "db_pool_max_size"), 7.0);
     assert!(value(&text, "db_pool_size") <= 7.0);
+}
+
+/// docs/OBSERVABILITY.md's log fields are the ones the source writes: none
+/// named that no event or span has, none written that the table misses.
+/// (The JSON lines of live requests are checked against the same table in
+/// `cluster::a_request_on_one_replica_and_its_delivery_on_another_share_a_trace`.)
+#[test]
+fn the_documented_log_fields_are_the_code_fields() {
+    let documented = logfields::documented();
+    let mut written = logfields::written();
+    written.extend(logfields::LINE_KEYS.iter().map(|k| k.to_string()));
+    assert!(
+        written.len() > 40 && written.contains("request_id") && written.contains("error.type"),
+        "the source scan found too little: {written:?}"
+    );
+    let undocumented: Vec<_> = written.difference(&documented).collect();
+    let unwritten: Vec<_> = documented.difference(&written).collect();
+    assert!(
+        undocumented.is_empty() && unwritten.is_empty(),
+        "written but not in docs/OBSERVABILITY.md: {undocumented:?}; \
+         documented but never written: {unwritten:?}"
+    );
 }

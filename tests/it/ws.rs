@@ -587,10 +587,17 @@ impl GatedStore {
 
     /// An app served from this store.
     async fn serve(self: &Arc<Self>) -> TestApp {
+        self.serve_with(|_| {}).await
+    }
+
+    async fn serve_with(
+        self: &Arc<Self>,
+        adjust: impl FnOnce(&mut collabd::config::Config),
+    ) -> TestApp {
         let audit = Arc::new(MemoryAudit::new());
         let mut backends = Backends::memory(audit.clone());
         backends.store = self.clone();
-        spawn_with_backends(|_| {}, backends, audit).await
+        spawn_with_backends(adjust, backends, audit).await
     }
 
     fn close(&self) {
@@ -694,6 +701,41 @@ async fn joins_queued_behind_a_store_read_are_admitted_on_one_read() {
     // read per join would be ten).
     let reads = store.reads() - before;
     assert!(reads <= 2, "{reads} reads for 10 joins");
+}
+
+/// A room whose queue overflows (here: held in a store read while 1,100
+/// events arrive, past its 1,024 slots) counts what it dropped in
+/// `channel_dropped_messages_total{channel="room_queue"}`, and its watcher
+/// still gets every event once, in order, refilled from the store.
+#[tokio::test]
+async fn a_room_queue_overflow_is_counted_and_refilled_from_the_store() {
+    const EVENTS: u64 = 1100;
+    let store = Arc::new(GatedStore::new());
+    // A socket queue that holds the whole refill: this test is about the
+    // room's queue, not a slow consumer.
+    let app = store.serve_with(|c| c.ws_outbound_queue = 4096).await;
+    let id = app.create_draft("alice", "Flooded").await;
+    let (mut watcher, _) = app.ws("alice", &id, None).await;
+    store.close();
+    let joining = {
+        let (api, id) = (app.api.clone(), id.clone());
+        tokio::spawn(async move { api.ws("alice", &id, None).await })
+    };
+    eventually(|| async { store.held() == 1 }).await;
+    for n in 0..EVENTS {
+        assert_eq!(app.append("alice", &id, &format!("e{n}")).await.status, 201);
+    }
+    let dropped_series = "channel_dropped_messages_total{channel=\"room_queue\"}";
+    let dropped = series_value(&app.scrape().await, dropped_series);
+    assert!(
+        (EVENTS - 1024) as f64 <= dropped && dropped < EVENTS as f64,
+        "{dropped} counted as dropped"
+    );
+    store.open();
+    let expected: Vec<u64> = (1..=EVENTS).collect();
+    assert_eq!(watcher.next_seqs(EVENTS as usize).await, expected);
+    let (_late, ready) = joining.await.unwrap();
+    assert_eq!(ready["type"], "ready");
 }
 
 /// docs/API.md: `unavailable` (1013) when a backend fails while joining;

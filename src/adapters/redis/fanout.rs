@@ -237,6 +237,7 @@ fn spawn_reader(
                     }
                 }
                 Err(RecvError::Lagged(missed)) => {
+                    metrics.channel_dropped("pubsub_reader", missed);
                     tracing::warn!(missed, "fanout reader lagged; rooms resync from the store");
                     rooms.resync_all();
                 }

@@ -36,20 +36,21 @@ impl Replica {
         assert!(status.success());
     }
 
-    /// The value of one series on this replica's /metrics (0 when absent).
-    pub async fn metric(&self, series: &str) -> f64 {
-        let text = self
-            .http
+    /// This replica's /metrics.
+    pub async fn scrape(&self) -> String {
+        self.http
             .get(format!("http://{}/metrics", self.metrics_addr))
             .send()
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0.0)
+            .unwrap()
+    }
+
+    /// The value of one series on this replica's /metrics (0 when absent).
+    pub async fn metric(&self, series: &str) -> f64 {
+        super::series_value(&self.scrape().await, series)
     }
 
     /// Waits for a JSON log line matching `pred` and returns it parsed.

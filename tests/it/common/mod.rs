@@ -4,6 +4,7 @@
 
 pub mod balancer;
 pub mod cluster;
+pub mod logfields;
 pub mod node;
 pub mod otlp;
 pub mod pg;
@@ -47,6 +48,27 @@ pub fn refused_start(cmd: &mut std::process::Command) -> (String, String) {
     assert!(!output.status.success(), "it started: {stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     (stderr, String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Every `.rs` file under `dir`.
+pub fn rust_sources(dir: &std::path::Path, into: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_sources(&path, into);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            into.push(path);
+        }
+    }
+}
+
+/// The value of one series (`name{labels}` as exposed) in a Prometheus
+/// exposition; 0 when absent.
+pub fn series_value(exposition: &str, series: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// An address nothing listens on (it did a moment ago).
