@@ -220,6 +220,49 @@ fn env_example_lists_exactly_the_variables_of_serve() {
     assert_eq!(from_example, from_help);
 }
 
+/// Every variable the operator docs name is one `serve` reads, or one of the
+/// few read elsewhere: a renamed or removed knob fails here, not in a pod.
+#[test]
+fn the_variables_the_docs_name_exist() {
+    let output = collabd().args(["serve", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&output.stdout);
+    let known: Vec<&str> = help
+        .split("[env: ")
+        .skip(1)
+        .map(|rest| rest.split(['=', ']']).next().unwrap())
+        .collect();
+    // Read by build.rs, by the OpenTelemetry SDK's batch exporter, and a
+    // constant the runbook names.
+    let elsewhere = |name: &str| {
+        name == "COLLABD_REVISION" || name.starts_with("OTEL_BSP") || name == "UPKEEP_INTERVAL"
+    };
+    for doc in [
+        "docs/OBSERVABILITY.md",
+        "docs/METRICS.md",
+        "docs/OPERATIONS.md",
+    ] {
+        let text =
+            std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(doc))
+                .unwrap();
+        let named = text
+            .split(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+            .filter(|word| {
+                word.contains('_') && word.starts_with(|c: char| c.is_ascii_uppercase())
+            });
+        for name in named {
+            // `RATE_LIMIT_*` names a family.
+            let exists = match name.strip_suffix('_') {
+                Some(family) => known.iter().any(|k| k.starts_with(name)) || elsewhere(family),
+                None => known.contains(&name) || elsewhere(name),
+            };
+            assert!(
+                exists,
+                "{doc} names {name}, which `collabd serve` does not read"
+            );
+        }
+    }
+}
+
 #[test]
 fn the_env_example_as_written_starts_a_server() {
     let example =
