@@ -425,8 +425,11 @@ pub struct Config {
     #[arg(long, env = "DATABASE_QUERY_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub database_query_timeout_seconds: u64,
 
-    /// Redis URL (`redis://host:6379/0`). Set together with DATABASE_URL: cluster
-    /// mode, with room fanout, rate limits and socket caps shared by all replicas.
+    /// Redis URL (`redis://host:6379/0`, `rediss://` for TLS), or a Redis
+    /// Cluster's (`redis-cluster://host:6379?node=host2:6379&node=...`,
+    /// `rediss-cluster://`), whose rooms then use sharded pub/sub. Set together
+    /// with DATABASE_URL: cluster mode, with room fanout, rate limits and socket
+    /// caps shared by all replicas.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
     /// Prefix of every Redis key and channel, so deployments can share a Redis.

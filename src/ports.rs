@@ -120,6 +120,12 @@ pub trait Fanout: Send + Sync + 'static {
     async fn subscribe(&self, draft_id: Uuid) -> Result<(), Error>;
     /// Stops receiving a room's events; called when its last local socket leaves.
     async fn unsubscribe(&self, draft_id: Uuid) -> Result<(), Error>;
+    /// The room found events in the store that this fanout never brought
+    /// it: makes sure it still receives them (a Redis Cluster drops a shard
+    /// channel's subscribers, without a word, when its slot moves).
+    async fn renew(&self, _draft_id: Uuid) -> Result<(), Error> {
+        Ok(())
+    }
 }
 
 /// What a fanout delivers into: this replica's rooms (`realtime::hub`

@@ -107,3 +107,76 @@ client_packages() { # the TypeScript client's packages, from its lockfile
         fi
     )
 }
+
+# A Redis Cluster of three masters and three replicas from redis-server
+# processes on 127.0.0.1, ports $2..$2+5, with its files in $1. Each node's
+# bus is its port + 10000; keep both below the ephemeral range (32768 on
+# Linux), where an outgoing connection may hold the port. A replica fails
+# over whatever its data's age (a test cluster loses its master early). Reused when it is already up and
+# healthy; started (and the slots assigned) otherwise.
+start_redis_cluster() { # dir base_port
+    local dir=$1 base=$2 port nodes=()
+    ensure_command redis-server redis-server
+    ensure_command redis-cli redis-tools
+    for i in 0 1 2 3 4 5; do nodes+=("127.0.0.1:$((base + i))"); done
+    if redis_cluster_ok "$base"; then return 0; fi
+    mkdir -p "$dir"
+    for i in 0 1 2 3 4 5; do
+        port=$((base + i))
+        if ! reachable 127.0.0.1 "$port"; then
+            rm -f "$dir/nodes-$port.conf"
+            redis-server --daemonize yes --port "$port" --bind 127.0.0.1 \
+                --cluster-enabled yes --cluster-config-file "$dir/nodes-$port.conf" \
+                --cluster-node-timeout 2000 --cluster-replica-validity-factor 0 \
+                --save '' --appendonly no \
+                --dir "$dir" --pidfile "$dir/redis-$port.pid" \
+                --logfile "$dir/redis-$port.log" >/dev/null
+        fi
+    done
+    for i in 0 1 2 3 4 5; do
+        wait_until_reachable 127.0.0.1 "$((base + i))" "Redis Cluster node" || return 1
+    done
+    echo "creating a Redis Cluster on 127.0.0.1:$base-$((base + 5)) ($dir)" >&2
+    redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$dir/create.log" 2>&1 || {
+        tail -n 5 "$dir/create.log" >&2
+        return 1
+    }
+    for _ in $(seq 1 120); do
+        redis_cluster_ok "$base" && return 0
+        sleep 0.25
+    done
+    echo "the Redis Cluster on 127.0.0.1:$base did not become healthy" >&2
+    return 1
+}
+
+# True when every node of the cluster at base_port answers and agrees the
+# cluster is ok, with three masters, and every replica has its master's data
+# (so a master lost from now on can fail over).
+redis_cluster_ok() { # base_port
+    local port info
+    for i in 0 1 2 3 4 5; do
+        port=$(($1 + i))
+        reachable 127.0.0.1 "$port" || return 1
+        info=$(redis-cli -p "$port" cluster info 2>/dev/null)
+        grep -q '^cluster_state:ok' <<<"$info" || return 1
+        grep -q '^cluster_size:3' <<<"$info" || return 1
+        info=$(redis-cli -p "$port" info replication 2>/dev/null)
+        if grep -q '^role:slave' <<<"$info"; then
+            grep -q '^master_link_status:up' <<<"$info" || return 1
+        fi
+    done
+}
+
+# The REDIS_URL of the cluster at base_port, fred's cluster form.
+redis_cluster_url() { # base_port
+    echo "redis-cluster://127.0.0.1:$1?node=127.0.0.1:$(($1 + 1))&node=127.0.0.1:$(($1 + 2))"
+}
+
+stop_redis_cluster() { # dir
+    local pidfile
+    for pidfile in "$1"/redis-*.pid; do
+        [ -f "$pidfile" ] || continue
+        kill -TERM "$(cat "$pidfile")" 2>/dev/null || true
+        rm -f "$pidfile"
+    done
+}

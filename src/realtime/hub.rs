@@ -332,6 +332,9 @@ impl Room {
             RoomMsg::StoreHead(seq) => {
                 if self.head.is_some_and(|head| head < seq) {
                     self.metrics.fanout_catchup("head_check");
+                    if let Err(e) = self.fanout.renew(self.draft_id).await {
+                        tracing::warn!(error.message = %e, "room subscription renewal failed");
+                    }
                     self.catch_up().await;
                 }
             }

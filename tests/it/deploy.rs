@@ -204,6 +204,73 @@ fn the_compose_file_runs_three_replicas_behind_nginx_with_healthy_dependencies()
     assert!(dockerfile.contains("\nHEALTHCHECK "));
 }
 
+/// The Redis Cluster override: six cluster-enabled nodes at fixed addresses
+/// in the compose network, joined three masters to three replicas by the
+/// `redis` service collabd already waits for, and collabd's REDIS_URL
+/// naming those nodes in the cluster form.
+#[test]
+fn the_redis_cluster_override_joins_six_nodes_and_points_collabd_at_them() {
+    let mut compose = yaml("docker-compose.redis-cluster.yml");
+    compose.apply_merge().unwrap();
+    let subnet = yaml("docker-compose.yml")["networks"]["default"]["ipam"]["config"][0]["subnet"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let prefix = subnet.rsplit_once(".0/24").unwrap().0.to_owned();
+    let mut addresses = Vec::new();
+    for i in 1..=6 {
+        let node = &compose["services"][format!("redis-{i}").as_str()];
+        let command: Vec<&str> = node["command"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter_map(|c| c.as_str())
+            .collect();
+        assert!(
+            command
+                .windows(2)
+                .any(|w| w == ["--cluster-enabled", "yes"]),
+            "redis-{i}: {command:?}"
+        );
+        assert!(node["healthcheck"]["test"].is_sequence(), "redis-{i}");
+        let ip = node["networks"]["default"]["ipv4_address"]
+            .as_str()
+            .unwrap();
+        assert!(
+            ip.starts_with(&format!("{prefix}.")),
+            "{ip} outside {subnet}"
+        );
+        addresses.push(format!("{ip}:6379"));
+    }
+    let init = &compose["services"]["redis"];
+    let script = init["command"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        script.contains(&format!("--cluster create {}", addresses.join(" ")))
+            && script.contains("--cluster-replicas 1"),
+        "{script}"
+    );
+    assert!(init["healthcheck"]["test"].is_sequence());
+    let url = compose["services"]["collabd"]["environment"]["REDIS_URL"]
+        .as_str()
+        .unwrap();
+    let named: Vec<&str> = url
+        .trim_start_matches("redis-cluster://")
+        .split(['?', '&'])
+        .map(|part| part.trim_start_matches("node="))
+        .collect();
+    assert!(url.starts_with("redis-cluster://"), "{url}");
+    assert!(
+        named.len() >= 2 && named.iter().all(|n| addresses.contains(&n.to_string())),
+        "{url} names nodes outside the cluster"
+    );
+}
+
 #[test]
 fn the_kubernetes_manifests_fit_together() {
     let dir = root().join("deploy/k8s");
@@ -526,9 +593,15 @@ impl ClusterScript {
 
     /// `scripts/cluster start` with only these settings in its environment.
     async fn start(&self) -> std::process::Output {
+        self.start_with(&[], &[]).await
+    }
+
+    async fn start_with(&self, args: &[&str], envs: &[(&str, String)]) -> std::process::Output {
         tokio::process::Command::new(root().join("scripts/cluster"))
             .arg("start")
+            .args(args)
             .env_clear()
+            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("CLUSTER_DIR", &self.dir)
             .env("API_BASE_PORT", self.port(0).to_string())
@@ -601,6 +674,58 @@ async fn scripts_cluster_serves_clients_through_nginx_and_prometheus_sees_every_
     let (stop, ()) = tokio::join!(stop, bob.expect_closed("shutdown", 1001));
     assert!(stop.unwrap().status.success());
     eventually(|| async { tokio::net::TcpStream::connect(lb).await.is_err() }).await;
+}
+
+/// `--redis-cluster`: the same cluster on a Redis Cluster the script starts
+/// (three masters, three replicas) and stops again.
+#[tokio::test]
+async fn scripts_cluster_runs_on_a_redis_cluster_of_its_own() {
+    let setup = ClusterScript::new().await;
+    let redis_port = crate::common::redis::free_port_run();
+    let output = setup
+        .start_with(
+            &["--redis-cluster"],
+            &[("REDIS_CLUSTER_PORT", redis_port.to_string())],
+        )
+        .await;
+    let _running = Running {
+        dir: setup.dir.clone(),
+    };
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "scripts/cluster start --redis-cluster failed:\n{printed}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        printed.contains(&format!("redis-cluster://127.0.0.1:{redis_port}")),
+        "{printed}"
+    );
+    let lb: std::net::SocketAddr = format!("127.0.0.1:{}", setup.port(6)).parse().unwrap();
+    let api = Api::new(lb, SCRIPT_SECRET);
+    let id = api.create_draft("alice", "Sharded").await;
+    let (mut watcher, _) = api.ws("alice", &id, None).await;
+    for n in 0..5 {
+        assert_eq!(api.append("alice", &id, &format!("{n}")).await.status, 201);
+    }
+    assert_eq!(watcher.next_seqs(5).await, [1, 2, 3, 4, 5]);
+    drop(watcher);
+
+    let stop = tokio::process::Command::new(root().join("scripts/cluster"))
+        .arg("stop")
+        .env("CLUSTER_DIR", &setup.dir)
+        .output()
+        .await
+        .unwrap();
+    assert!(stop.status.success());
+    for port in redis_port..redis_port + 6 {
+        eventually(|| async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err()
+        })
+        .await;
+    }
 }
 
 #[tokio::test]

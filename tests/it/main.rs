@@ -23,4 +23,5 @@ mod layers;
 mod metrics;
 mod outages;
 mod postgres;
+mod redis_cluster;
 mod ws;

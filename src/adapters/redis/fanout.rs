@@ -4,6 +4,13 @@
 //! every channel is resubscribed and every room re-reads the store from its
 //! head, so events published meanwhile are filled in, never skipped.
 //!
+//! On a Redis Cluster the channels are shard channels (`SPUBLISH`,
+//! `SSUBSCRIBE`, Redis 7): each room's channel lives on the master that owns
+//! its slot, so pub/sub capacity grows with the shards (a classic `PUBLISH`
+//! would be broadcast to every node). A failover shows as a reconnect. A
+//! slot that moves drops its subscribers without telling them; a room that
+//! the head check finds behind renews its subscription.
+//!
 //! A publish is also delivered to this replica's own rooms directly, so local
 //! watchers keep receiving while Redis is down; rooms drop the echo that
 //! comes back through Redis by seq.
@@ -12,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use fred::clients::{Pool, SubscriberClient};
+use fred::clients::{Client, Pool, SubscriberClient};
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::Mutex;
@@ -67,14 +74,78 @@ fn receive(envelope: Envelope, rooms: &dyn RoomSink, metrics: &Metrics) {
     rooms.deliver(event);
 }
 
-/// The pub/sub channel of a draft's room.
+/// The pub/sub channel of a draft's room. No hash tag: on a cluster, rooms
+/// spread over every slot.
 pub fn channel(prefix: &str, draft_id: Uuid) -> String {
     format!("{prefix}room:{draft_id}")
 }
 
+/// Which pub/sub the room channels use: classic on one server, sharded on a
+/// Redis Cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PubSub {
+    Classic,
+    Sharded,
+}
+
+impl PubSub {
+    fn of(settings: &RedisSettings) -> PubSub {
+        let clustered =
+            fred::prelude::Config::from_url(&settings.url).is_ok_and(|c| c.server.is_clustered());
+        if clustered {
+            PubSub::Sharded
+        } else {
+            PubSub::Classic
+        }
+    }
+
+    async fn publish(self, client: &Client, channel: String, payload: String) -> FredResult<i64> {
+        match self {
+            PubSub::Classic => client.publish(channel, payload).await,
+            PubSub::Sharded => client.spublish(channel, payload).await,
+        }
+    }
+
+    async fn subscribe(self, subscriber: &SubscriberClient, channel: String) -> FredResult<()> {
+        match self {
+            PubSub::Classic => subscriber.subscribe(channel).await,
+            PubSub::Sharded => subscriber.ssubscribe(channel).await,
+        }
+    }
+
+    async fn unsubscribe(self, subscriber: &SubscriberClient, channel: String) -> FredResult<()> {
+        match self {
+            PubSub::Classic => subscriber.unsubscribe(channel).await,
+            PubSub::Sharded => subscriber.sunsubscribe(channel).await,
+        }
+    }
+
+    /// Many channels: one command for classic ones; one per channel for
+    /// shard channels, which one command may name only within one slot.
+    async fn subscribe_all(
+        self,
+        subscriber: &SubscriberClient,
+        channels: Vec<String>,
+    ) -> FredResult<()> {
+        match self {
+            PubSub::Classic if channels.is_empty() => Ok(()),
+            PubSub::Classic => subscriber.subscribe(channels).await,
+            PubSub::Sharded => {
+                for channel in channels {
+                    subscriber.ssubscribe(channel).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+type FredResult<T> = Result<T, fred::error::Error>;
+
 pub struct RedisFanout {
     publisher: Pool,
     subscriber: SubscriberClient,
+    pubsub: PubSub,
     prefix: String,
     rooms: Arc<dyn RoomSink>,
     /// Rooms per channel: one entry per room with local sockets. A Tokio mutex, held across the SUBSCRIBE or
@@ -100,24 +171,31 @@ impl RedisFanout {
         let subscriber = builder(settings)?
             .build_subscriber_client()
             .map_err(redis_error)?;
-        // Take the receivers before connecting, so nothing is missed.
+        // Take the message receiver before connecting, so nothing is missed;
+        // the reconnect one after (a cluster client connects once per node:
+        // from here on, each notice is a reconnect).
         let messages = subscriber.message_rx();
-        let reconnects = subscriber.reconnect_rx();
         subscriber.init().await.map_err(redis_error)?;
+        let reconnects = subscriber.reconnect_rx();
+        let pubsub = PubSub::of(settings);
         let prefix = settings.prefix.clone();
         let subscriptions = Subscriptions::default();
         spawn_reader(messages, &prefix, rooms.clone(), metrics.clone());
         spawn_resubscriber(
             reconnects,
-            subscriber.clone(),
-            subscriptions.clone(),
-            &prefix,
+            Resubscribe {
+                subscriber: subscriber.clone(),
+                pubsub,
+                subscriptions: subscriptions.clone(),
+                prefix: prefix.clone(),
+            },
             rooms.clone(),
             metrics.clone(),
         );
         Ok(RedisFanout {
             publisher,
             subscriber,
+            pubsub,
             prefix,
             rooms,
             subscriptions,
@@ -155,10 +233,9 @@ impl RedisFanout {
         crate::telemetry::inject(&mut envelope.trace);
         let payload = serde_json::to_string(&envelope).map_err(Error::internal)?;
         let started = std::time::Instant::now();
-        let sent: Result<i64, _> = self
-            .publisher
-            .next()
-            .publish(self.channel(event.draft_id), payload)
+        let sent = self
+            .pubsub
+            .publish(self.publisher.next(), self.channel(event.draft_id), payload)
             .await;
         self.metrics
             .redis_command("publish", started.elapsed().as_secs_f64());
@@ -185,8 +262,8 @@ impl Fanout for RedisFanout {
         if *rooms == 1 {
             // Even if this fails the channel stays tracked, and the reconnect
             // task subscribes it once Redis is back.
-            self.subscriber
-                .subscribe(self.channel(draft_id))
+            self.pubsub
+                .subscribe(&self.subscriber, self.channel(draft_id))
                 .await
                 .map_err(redis_error)?;
         }
@@ -201,8 +278,19 @@ impl Fanout for RedisFanout {
         *rooms -= 1;
         if *rooms == 0 {
             subscriptions.remove(&draft_id);
-            self.subscriber
-                .unsubscribe(self.channel(draft_id))
+            self.pubsub
+                .unsubscribe(&self.subscriber, self.channel(draft_id))
+                .await
+                .map_err(redis_error)?;
+        }
+        Ok(())
+    }
+
+    async fn renew(&self, draft_id: Uuid) -> Result<(), Error> {
+        let subscriptions = self.subscriptions.lock().await;
+        if subscriptions.contains_key(&draft_id) {
+            self.pubsub
+                .subscribe(&self.subscriber, self.channel(draft_id))
                 .await
                 .map_err(redis_error)?;
         }
@@ -247,35 +335,41 @@ fn spawn_reader(
     });
 }
 
-/// After each reconnect (not the first connect): subscribes every tracked
-/// channel again, then asks every room to fill what it missed meanwhile.
+/// What the resubscriber needs: the subscriber, and the truth of what it
+/// should be subscribed to.
+struct Resubscribe {
+    subscriber: SubscriberClient,
+    pubsub: PubSub,
+    subscriptions: Subscriptions,
+    prefix: String,
+}
+
+/// After each reconnect: subscribes every tracked channel again, then asks
+/// every room to fill what it missed meanwhile.
 fn spawn_resubscriber(
     mut reconnects: tokio::sync::broadcast::Receiver<fred::prelude::Server>,
-    subscriber: SubscriberClient,
-    subscriptions: Subscriptions,
-    prefix: &str,
+    resubscribe: Resubscribe,
     rooms: Arc<dyn RoomSink>,
     metrics: Metrics,
 ) {
-    let prefix = prefix.to_owned();
     tokio::spawn(async move {
-        // The first notification is the initial connect.
-        let mut first = true;
         while reconnects.recv().await.is_ok() {
-            if std::mem::take(&mut first) {
-                continue;
-            }
             metrics.fanout_reconnected();
-            let held = subscriptions.lock().await;
-            let channels: Vec<String> = held.keys().map(|id| channel(&prefix, *id)).collect();
+            let held = resubscribe.subscriptions.lock().await;
+            let channels: Vec<String> = held
+                .keys()
+                .map(|id| channel(&resubscribe.prefix, *id))
+                .collect();
             tracing::info!(
                 rooms = channels.len(),
                 "redis subscriber reconnected; resubscribing rooms"
             );
-            if !channels.is_empty() {
-                if let Err(e) = subscriber.subscribe(channels).await {
-                    tracing::warn!(error.message = %e, "resubscribe failed");
-                }
+            let subscribed = resubscribe
+                .pubsub
+                .subscribe_all(&resubscribe.subscriber, channels)
+                .await;
+            if let Err(e) = subscribed {
+                tracing::warn!(error.message = %e, "resubscribe failed");
             }
             drop(held);
             rooms.resync_all();

@@ -1,6 +1,8 @@
 //! Redis for tests: the shared server (TEST_REDIS_URL, by default
-//! 127.0.0.1:6379) with a key prefix of the test's own, deleted afterwards, or
-//! a private redis-server on a free port for tests that flush or stop it.
+//! 127.0.0.1:6379, or a Redis Cluster's `redis-cluster://` URL) with a key
+//! prefix of the test's own, deleted afterwards; a private redis-server on a
+//! free port for tests that flush or stop it; or a private Redis Cluster for
+//! tests that kill one of its masters.
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -81,21 +83,12 @@ fn sweep_stale_prefixes_once() {
                 let client = client(&base_url()).await;
                 let cutoff = now_secs().saturating_sub(STALE_AFTER_SECS);
                 for pattern in [format!("{TEST_PREFIX}*"), format!("{{{TEST_PREFIX}*")] {
-                    let mut scan = client.scan(pattern, Some(1000), None);
-                    while let Some(Ok(mut page)) = scan.next().await {
-                        let stale: Vec<fred::types::Key> = page
-                            .take_results()
-                            .unwrap_or_default()
-                            .into_iter()
-                            .filter(|key| {
-                                key.as_str()
-                                    .is_some_and(|k| born(k).is_some_and(|b| b < cutoff))
-                            })
-                            .collect();
-                        if !stale.is_empty() {
-                            let _: i64 = client.del(stale).await.unwrap_or(0);
-                        }
-                    }
+                    let stale: Vec<String> = scan_keys(&client, &pattern)
+                        .await
+                        .into_iter()
+                        .filter(|k| born(k).is_some_and(|b| b < cutoff))
+                        .collect();
+                    delete_keys(&client, stale).await;
                 }
             };
             let _ = tokio::time::timeout(Duration::from_secs(10), sweep).await;
@@ -113,16 +106,41 @@ pub async fn client(url: &str) -> fred::clients::Client {
     client
 }
 
+/// The keys matching `pattern`, on every master of a cluster.
+async fn scan_keys(client: &fred::clients::Client, pattern: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut take = |mut page: fred::types::scan::ScanResult| {
+        let keys = page.take_results().unwrap_or_default();
+        found.extend(keys.iter().filter_map(|k| k.as_str().map(str::to_owned)));
+    };
+    if client.is_clustered() {
+        let mut scan = client.scan_cluster(pattern.to_owned(), Some(500), None);
+        while let Some(Ok(page)) = scan.next().await {
+            take(page);
+        }
+    } else {
+        let mut scan = client.scan(pattern.to_owned(), Some(500), None);
+        while let Some(Ok(page)) = scan.next().await {
+            take(page);
+        }
+    }
+    found
+}
+
+/// Deletes `keys`, one command per key (keys of several slots cannot share
+/// one on a cluster).
+async fn delete_keys(client: &fred::clients::Client, keys: Vec<String>) {
+    for key in keys {
+        let _: i64 = client.del(key).await.unwrap_or(0);
+    }
+}
+
 /// Every key under `prefix` (hash-tagged keys included).
 pub async fn keys_under(url: &str, prefix: &str) -> Vec<String> {
     let client = client(url).await;
     let mut found = Vec::new();
     for pattern in [format!("{prefix}*"), format!("{{{prefix}*")] {
-        let mut scan = client.scan(pattern, Some(500), None);
-        while let Some(Ok(mut page)) = scan.next().await {
-            let keys = page.take_results().unwrap_or_default();
-            found.extend(keys.iter().filter_map(|k| k.as_str().map(str::to_owned)));
-        }
+        found.extend(scan_keys(&client, &pattern).await);
     }
     found
 }
@@ -130,9 +148,7 @@ pub async fn keys_under(url: &str, prefix: &str) -> Vec<String> {
 /// Deletes every key under `prefix` (hash-tagged keys included).
 pub async fn delete_prefix(url: &str, prefix: &str) {
     let keys = keys_under(url, prefix).await;
-    if !keys.is_empty() {
-        let _: i64 = client(url).await.del(keys).await.unwrap_or(0);
-    }
+    delete_keys(&client(url).await, keys).await;
 }
 
 /// A prefix on the shared Redis, cleaned up when dropped.
@@ -223,6 +239,155 @@ impl Drop for PrivateRedis {
     fn drop(&mut self) {
         if let Some(child) = &mut self.child {
             let _ = child.start_kill();
+        }
+    }
+}
+
+/// A Redis Cluster of the test's own: three masters and three replicas
+/// (redis-server processes on six free ports, started and joined by the same
+/// function scripts/test uses), stopped when dropped.
+pub struct PrivateRedisCluster {
+    pub base_port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl PrivateRedisCluster {
+    pub async fn start() -> PrivateRedisCluster {
+        let base_port = free_port_run();
+        let dir = std::env::temp_dir().join(format!("collabd-test-cluster-{base_port}"));
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/lib/services.sh");
+        let status = tokio::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                ". {script} && start_redis_cluster {} {base_port}",
+                dir.display()
+            ))
+            .stdout(Stdio::null())
+            .status()
+            .await
+            .unwrap();
+        let cluster = PrivateRedisCluster { base_port, dir };
+        assert!(status.success(), "the private Redis Cluster did not start");
+        cluster
+    }
+
+    /// fred's cluster URL, naming three of the nodes.
+    pub fn url(&self) -> String {
+        let p = self.base_port;
+        format!(
+            "redis-cluster://127.0.0.1:{p}?node=127.0.0.1:{}&node=127.0.0.1:{}",
+            p + 1,
+            p + 2
+        )
+    }
+
+    /// The port of the master that owns `key`'s slot now, as the cluster
+    /// sees it; `None` while no client can read the cluster's state.
+    pub async fn master_of(&self, key: &str) -> Option<u16> {
+        let client = self.client().await?;
+        let slot: u16 = client
+            .custom(fred::cmd!("CLUSTER", blocking: false), vec!["KEYSLOT", key])
+            .await
+            .ok()?;
+        let nodes: String = client
+            .custom(fred::cmd!("CLUSTER", blocking: false), vec!["NODES"])
+            .await
+            .ok()?;
+        let _ = client.quit().await;
+        nodes
+            .lines()
+            .filter(|l| l.contains("master") && !l.contains("fail"))
+            .find_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let owns = fields[8..].iter().any(|range| match range.split_once('-') {
+                    Some((a, b)) => {
+                        (a.parse::<u16>().unwrap()..=b.parse().unwrap()).contains(&slot)
+                    }
+                    None => range.parse::<u16>().ok() == Some(slot),
+                });
+                let port = fields[1].split(['@', ':']).nth(1)?.parse().ok()?;
+                owns.then_some(port)
+            })
+    }
+
+    /// How many clients subscribe to `channel` as a shard channel, asked of
+    /// the master that owns its slot.
+    pub async fn shard_subscribers(&self, channel: &str) -> i64 {
+        let Some(port) = self.master_of(channel).await else {
+            return 0;
+        };
+        let output = tokio::process::Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "PUBSUB", "SHARDNUMSUB", channel])
+            .output()
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.lines()
+            .nth(1)
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// SIGKILL to the node on `port`.
+    pub fn kill(&self, port: u16) {
+        let pid = std::fs::read_to_string(self.dir.join(format!("redis-{port}.pid"))).unwrap();
+        let status = std::process::Command::new("kill")
+            .args(["-KILL", pid.trim()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// True once `key`'s slot has a master other than `dead` and the cluster
+    /// says it is healthy again.
+    pub async fn failed_over(&self, key: &str, dead: u16) -> bool {
+        let Some(master) = self.master_of(key).await else {
+            return false;
+        };
+        let Some(client) = self.client().await else {
+            return false;
+        };
+        let info: Result<String, _> = client
+            .custom(fred::cmd!("CLUSTER", blocking: false), vec!["INFO"])
+            .await;
+        let _ = client.quit().await;
+        master != dead && info.is_ok_and(|i| i.contains("cluster_state:ok"))
+    }
+
+    /// A client, when one can read the cluster's state (it cannot while a
+    /// master is down and not yet replaced).
+    async fn client(&self) -> Option<fred::clients::Client> {
+        let client = Builder::from_config(Config::from_url(&self.url()).unwrap())
+            .build()
+            .unwrap();
+        client.init().await.ok()?;
+        Some(client)
+    }
+}
+
+impl Drop for PrivateRedisCluster {
+    fn drop(&mut self) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/lib/services.sh");
+        let _ = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                ". {script} && stop_redis_cluster {}",
+                self.dir.display()
+            ))
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The first of six consecutive free ports whose cluster bus ports (+10000)
+/// are free too, all below the ephemeral range (32768), where the kernel
+/// may hand one to an outgoing connection at any time.
+pub fn free_port_run() -> u16 {
+    let free = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+    loop {
+        let base = fastrand::u16(10_000..22_000);
+        if (base..base + 6).all(|p| free(p) && free(p + 10_000)) {
+            return base;
         }
     }
 }

@@ -1,0 +1,134 @@
+//! Redis Cluster, for real: a private cluster of three masters and three
+//! replicas, one of whose masters is SIGKILLed under load. (The rest of the
+//! cluster promises run against a Redis Cluster too: scripts/test runs the
+//! `cluster::` tests a second time with TEST_REDIS_URL naming one.)
+
+use std::sync::Arc;
+
+use crate::common::cluster::Cluster;
+use crate::common::redis::PrivateRedisCluster;
+use crate::common::*;
+
+/// The master that owns a watched room's channel dies while a writer
+/// appends. Once its replica is promoted, every watcher on every replica has
+/// every event once, in order, and the rate limit holds on the promoted
+/// master's slots as it did before.
+#[tokio::test]
+async fn a_master_failover_loses_no_event_and_the_limits_keep_holding() {
+    let redis = PrivateRedisCluster::start().await;
+    let cluster = Arc::new(
+        Cluster::start(
+            3,
+            redis.url(),
+            &[
+                ("RATE_LIMIT_ENABLED", "true"),
+                ("RATE_LIMIT_BURST_MUTATION", "30"),
+                ("RATE_LIMIT_PER_MINUTE_MUTATION", "1"),
+                ("REDIS_TIMEOUT_MS", "500"),
+                ("ROOM_HEAD_CHECK_SECONDS", "1"),
+            ],
+        )
+        .await,
+    );
+    let id = cluster.replica(0).create_draft("alice", "Failover").await;
+    let mut watchers = Vec::new();
+    for i in 0..6 {
+        watchers.push(cluster.replica(i).ws("alice", &id, None).await.0);
+    }
+    let append = |n: u64| {
+        let (cluster, id) = (cluster.clone(), id.clone());
+        async move {
+            let reply = cluster
+                .replica(n as usize)
+                .append("alice", &id, &format!("e{n}"))
+                .await;
+            assert_eq!(reply.status, 201, "append {n}: {}", reply.body);
+        }
+    };
+    for n in 1..=10 {
+        append(n).await;
+    }
+    for watcher in &mut watchers {
+        assert_eq!(watcher.next_seqs(10).await, (1..=10).collect::<Vec<_>>());
+    }
+
+    // Each replica subscribes to the room as a shard channel, on the master
+    // that owns its slot.
+    let channel = format!("{}room:{id}", cluster.prefix.prefix);
+    assert_eq!(redis.shard_subscribers(&channel).await, 3);
+    let doomed = redis.master_of(&channel).await.unwrap();
+    redis.kill(doomed);
+    // Appends go on through the failover: the store commits them, and rooms
+    // fill what the fanout could not carry.
+    for n in 11..=25 {
+        append(n).await;
+    }
+    eventually(|| async { redis.failed_over(&channel, doomed).await }).await;
+    let promoted = redis.master_of(&channel).await.unwrap();
+    // And again on the promoted master.
+    eventually(|| async { redis.shard_subscribers(&channel).await == 3 }).await;
+    for n in 26..=30 {
+        append(n).await;
+    }
+    let expected: Vec<u64> = (11..=30).collect();
+    let seen = futures_util::future::join_all(watchers.iter_mut().map(|w| w.next_seqs(20))).await;
+    for (i, seqs) in seen.into_iter().enumerate() {
+        assert_eq!(seqs, expected, "watcher {i} on replica {}", i % 3);
+    }
+
+    // A user whose create bucket lives on the promoted master (which never
+    // loaded the script: it was a replica): once every replica's limiter
+    // answers from Redis again, 60 creates at once across the replicas admit
+    // what one server would, the burst and the one the rate allows now (31).
+    let mut probe = None;
+    for n in 0.. {
+        let user = format!("probe{n}");
+        let key = format!(
+            "{}rl:{{mutation:POST:/v1/collab/drafts:user:{user}}}",
+            cluster.prefix.prefix
+        );
+        if redis.master_of(&key).await == Some(promoted) {
+            probe = Some(user);
+            break;
+        }
+    }
+    let probe = probe.unwrap();
+    eventually(|| async {
+        let mut fallback = 0.0;
+        for replica in &cluster.replicas {
+            fallback += replica
+                .metric("ratelimit_fallback_total{mode=\"local\"}")
+                .await;
+        }
+        // A read through each replica that does not fall back.
+        for replica in &cluster.replicas {
+            assert_eq!(replica.get("alice", "/v1/collab/drafts").await.status, 200);
+        }
+        let mut after = 0.0;
+        for replica in &cluster.replicas {
+            after += replica
+                .metric("ratelimit_fallback_total{mode=\"local\"}")
+                .await;
+        }
+        after == fallback
+    })
+    .await;
+    let creates = futures_util::future::join_all((0..60).map(|n| {
+        let (cluster, probe) = (cluster.clone(), probe.clone());
+        async move {
+            cluster
+                .replica(n)
+                .post(
+                    &probe,
+                    "/v1/collab/drafts",
+                    serde_json::json!({ "title": format!("p{n}") }),
+                )
+                .await
+                .status
+        }
+    }))
+    .await;
+    let admitted = creates.iter().filter(|s| **s == 201).count();
+    let refused = creates.iter().filter(|s| **s == 429).count();
+    assert_eq!((admitted, refused), (31, 29), "{creates:?}");
+}
