@@ -9,6 +9,9 @@
 //!
 //! Scenarios: fanout (W writers, R watchers over 3 replicas; delivered events
 //! per second and end-to-end latency, against `redis-benchmark` PUBLISH),
+//! shards (the same fanout over many rooms on one Redis and on a Redis
+//! Cluster of three masters: deliveries/s, Redis CPU per million deliveries
+//! and the busiest master's share, against PUBLISH and per-master SPUBLISH),
 //! connections (idle WebSockets on one replica; RSS per connection and idle
 //! CPU), ratelimit (decisions per second through the HTTP middleware against
 //! `redis-benchmark` EVALSHA of lua/gcra.lua, and the latency limits add),
@@ -21,8 +24,9 @@
 //!
 //! Needs Postgres and Redis: BENCH_DATABASE_URL (a server URL ending in a
 //! database, default postgres://postgres@127.0.0.1:5432/collabd_test) and
-//! BENCH_REDIS_URL (default redis://127.0.0.1:6379/0); scripts/bench finds or
-//! starts them. COLLABD_BIN names the server binary.
+//! BENCH_REDIS_URL (default redis://127.0.0.1:6379/0), and for the shards
+//! scenario BENCH_REDIS_CLUSTER_URL (a Redis Cluster of three masters);
+//! scripts/bench finds or starts them. COLLABD_BIN names the server binary.
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -50,8 +54,8 @@ enum Size {
 struct Args {
     #[arg(long, value_enum, default_value = "smoke")]
     size: Size,
-    /// Run only these scenarios (fanout, connections, ratelimit, appends, http,
-    /// soak). Without it: all of them, the soak only at smoke size.
+    /// Run only these scenarios (fanout, shards, connections, ratelimit,
+    /// appends, http, soak). Without it: all of them, the soak only at smoke size.
     #[arg(long)]
     scenario: Vec<String>,
     /// Runs per scenario (default: 1 for smoke, 3 for full); figures are medians.
@@ -390,7 +394,260 @@ async fn redis_benchmark(redis_url: &str, requests: usize, command: &[&str]) -> 
     Ok(figure)
 }
 
+/// A fanout workload: in each room, `watchers` sockets spread over the
+/// replicas and `writers` appending `per_writer` segments each as fast as
+/// they are answered. Every segment carries its send time, so each watcher
+/// measures writer-to-watcher latency.
+struct Rooms {
+    drafts: Vec<String>,
+    watchers: usize,
+    writers: usize,
+    per_writer: usize,
+}
+
+impl Rooms {
+    /// Delivered events per second over the whole run, and every latency
+    /// (seconds, sorted).
+    async fn run(&self, http: &reqwest::Client, replicas: &[Replica]) -> Res<(f64, Vec<f64>)> {
+        let mut sockets = Vec::new();
+        for draft in &self.drafts {
+            for i in 0..self.watchers {
+                sockets.push(watch(replicas[i % replicas.len()].api, draft).await?);
+            }
+        }
+        let t0 = Instant::now();
+        let per_room = self.writers * self.per_writer;
+        let readers: Vec<_> = sockets
+            .into_iter()
+            .map(|mut socket| {
+                tokio::spawn(async move {
+                    let mut latencies = Vec::with_capacity(per_room);
+                    while latencies.len() < per_room {
+                        match tokio::time::timeout(Duration::from_secs(60), socket.next()).await {
+                            Ok(Some(Ok(Message::Text(text)))) => {
+                                let frame: Value = serde_json::from_str(text.as_str()).unwrap();
+                                if let Some(content) = frame["data"]["segment"]["content"].as_str()
+                                {
+                                    let sent: u128 =
+                                        content.rsplit(':').next().unwrap().parse().unwrap();
+                                    latencies.push((t0.elapsed().as_nanos() - sent) as f64 / 1e9);
+                                }
+                            }
+                            Ok(Some(Ok(_))) => {}
+                            other => return Err(format!("watcher stopped early: {other:?}")),
+                        }
+                    }
+                    Ok((latencies, t0.elapsed()))
+                })
+            })
+            .collect();
+        let started = t0.elapsed();
+        let mut writer_tasks = Vec::new();
+        for (r, draft) in self.drafts.iter().enumerate() {
+            for w in 0..self.writers {
+                let (http, draft) = (http.clone(), draft.clone());
+                let api = replicas[(r + w) % replicas.len()].api;
+                let per_writer = self.per_writer;
+                writer_tasks.push(tokio::spawn(async move {
+                    for n in 0..per_writer {
+                        let content = format!("{w}:{n}:{}", t0.elapsed().as_nanos());
+                        append(&http, api, &draft, &content).await?;
+                    }
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+                }));
+            }
+        }
+        for w in writer_tasks {
+            w.await??;
+        }
+        let mut latencies = Vec::new();
+        let mut finished = Duration::ZERO;
+        for r in readers {
+            let (l, done) = r.await?.map_err(|e| e.to_string())?;
+            latencies.extend(l);
+            finished = finished.max(done);
+        }
+        latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let delivered = latencies.len() as f64 / (finished - started).as_secs_f64();
+        Ok((delivered, latencies))
+    }
+}
+
 // ---------- the scenarios ----------
+
+/// One Redis against a Redis Cluster of three masters (BENCH_REDIS_CLUSTER_URL),
+/// the same fanout on each: rooms whose channels spread over the slots, a
+/// writer per room, watchers over three replicas. Beside deliveries/s: the
+/// Redis CPU per million deliveries (every master's, read from `INFO cpu`),
+/// and the busiest master's share of it, which sharded pub/sub should bring
+/// from 1 towards 1/3; and the `redis-benchmark` ceilings, PUBLISH on the one
+/// Redis and SPUBLISH on each master.
+async fn shards(size: Size, b: &Backing, http: &reqwest::Client, rows: &mut Vec<Row>) -> Res<()> {
+    let cluster_url = std::env::var("BENCH_REDIS_CLUSTER_URL")
+        .map_err(|_| "BENCH_REDIS_CLUSTER_URL is not set (scripts/bench starts a cluster)")?;
+    let (drafts, watchers, per_writer) = match size {
+        Size::Smoke => (6, 2, 10),
+        Size::Full => (12, 20, 200),
+    };
+    let single = vec![redis_node(&b.redis_url)?];
+    let masters = cluster_masters(&cluster_url).await?;
+    for (url, nodes, shards) in [(&b.redis_url, &single, 1), (&cluster_url, &masters, 3)] {
+        let mut env = cluster_env(b);
+        env.retain(|(k, _)| *k != "REDIS_URL");
+        env.push(("REDIS_URL", url.clone()));
+        let mut replicas = Vec::new();
+        for _ in 0..3 {
+            replicas.push(Replica::start(&env).await?);
+        }
+        let mut rooms = Rooms {
+            drafts: Vec::new(),
+            watchers,
+            writers: 1,
+            per_writer,
+        };
+        for r in 0..drafts {
+            rooms
+                .drafts
+                .push(create_draft(http, replicas[r % 3].api, "shards").await?);
+        }
+        let before = redis_cpu(nodes).await?;
+        let (delivered, latencies) = rooms.run(http, &replicas).await?;
+        let after = redis_cpu(nodes).await?;
+        drop(replicas);
+        let spent: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+        let total: f64 = spent.iter().sum();
+        let busiest = spent.iter().cloned().fold(0.0, f64::max);
+        let deliveries = latencies.len() as f64;
+        let label = format!("{drafts} rooms × {watchers} watchers, 3 replicas, {shards} shard(s)");
+        let ceiling = if shards == 1 {
+            let figure = redis_benchmark(
+                url,
+                20_000,
+                &["PUBLISH", "collabd-bench-ceiling", &"x".repeat(400)],
+            )
+            .await?;
+            Ceiling("redis-benchmark PUBLISH, msg/s".into(), figure)
+        } else {
+            let mut figures = Vec::new();
+            for (host, port) in nodes {
+                let channel = owned_channel(host, *port).await?;
+                let node = format!("redis://{host}:{port}");
+                figures.push(
+                    redis_benchmark(&node, 20_000, &["SPUBLISH", &channel, &"x".repeat(400)])
+                        .await?,
+                );
+            }
+            Ceiling(
+                "redis-benchmark SPUBLISH per master (median of 3), msg/s".into(),
+                median(&figures),
+            )
+        };
+        push(
+            rows,
+            "shards",
+            format!("delivered events/s ({label})"),
+            "ev/s",
+            delivered,
+            Some(ceiling),
+        );
+        push(
+            rows,
+            "shards",
+            format!("delivery latency p99 ({shards} shard(s))"),
+            "ms",
+            percentile(&latencies, 0.99) * 1e3,
+            None,
+        );
+        push(
+            rows,
+            "shards",
+            format!("Redis CPU-s per million deliveries ({shards} shard(s), all masters)"),
+            "s",
+            total / deliveries * 1e6,
+            None,
+        );
+        push(
+            rows,
+            "shards",
+            format!("busiest master's share of Redis CPU ({shards} shard(s))"),
+            "ratio",
+            if total > 0.0 {
+                busiest / total
+            } else {
+                f64::NAN
+            },
+            None,
+        );
+    }
+    Ok(())
+}
+
+/// Host and port of a `redis://` URL (no credentials expected here).
+fn redis_node(url: &str) -> Res<(String, u16)> {
+    let rest = url.split("://").nth(1).ok_or("not a Redis URL")?;
+    let host_port = rest.split(['/', '?']).next().unwrap_or_default();
+    let host_port = host_port.rsplit('@').next().unwrap_or_default();
+    let (host, port) = host_port
+        .rsplit_once(':')
+        .ok_or("no port in the Redis URL")?;
+    Ok((host.to_owned(), port.parse()?))
+}
+
+async fn redis_cli(host: &str, port: u16, args: &[&str]) -> Res<String> {
+    let output = Command::new("redis-cli")
+        .args(["-h", host, "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .await
+        .map_err(|e| format!("redis-cli: {e}"))?;
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The masters of the cluster a `redis-cluster://` URL names.
+async fn cluster_masters(url: &str) -> Res<Vec<(String, u16)>> {
+    let (host, port) = redis_node(url)?;
+    let nodes = redis_cli(&host, port, &["CLUSTER", "NODES"]).await?;
+    let masters: Vec<(String, u16)> = nodes
+        .lines()
+        .filter(|l| l.contains("master") && !l.contains("fail"))
+        .filter_map(|l| {
+            let addr = l.split_whitespace().nth(1)?.split('@').next()?;
+            let (h, p) = addr.rsplit_once(':')?;
+            Some((h.to_owned(), p.parse().ok()?))
+        })
+        .collect();
+    if masters.len() != 3 {
+        return Err(format!("expected 3 masters, found {masters:?}").into());
+    }
+    Ok(masters)
+}
+
+/// CPU seconds (user + system) each node has used so far.
+async fn redis_cpu(nodes: &[(String, u16)]) -> Res<Vec<f64>> {
+    let mut figures = Vec::new();
+    for (host, port) in nodes {
+        let info = redis_cli(host, *port, &["INFO", "cpu"]).await?;
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        figures.push(field("used_cpu_sys:") + field("used_cpu_user:"));
+    }
+    Ok(figures)
+}
+
+/// A channel name whose slot this master owns (SPUBLISH elsewhere is MOVED).
+async fn owned_channel(host: &str, port: u16) -> Res<String> {
+    for i in 0..1000 {
+        let channel = format!("collabd-bench-ceiling-{i}");
+        let reply = redis_cli(host, port, &["SPUBLISH", &channel, "x"]).await?;
+        if !reply.contains("MOVED") {
+            return Ok(channel);
+        }
+    }
+    Err(format!("no channel found on {host}:{port}").into())
+}
 
 async fn fanout(size: Size, b: &Backing, http: &reqwest::Client, rows: &mut Vec<Row>) -> Res<()> {
     let (writers, watchers, per_writer) = match size {
@@ -402,65 +659,13 @@ async fn fanout(size: Size, b: &Backing, http: &reqwest::Client, rows: &mut Vec<
         replicas.push(Replica::start(&cluster_env(b)).await?);
     }
     let draft = create_draft(http, replicas[0].api, "fanout").await?;
-    let mut sockets = Vec::new();
-    for i in 0..watchers {
-        sockets.push(watch(replicas[i % 3].api, &draft).await?);
-    }
-    let t0 = Instant::now();
-    let total = writers * per_writer;
-    let readers: Vec<_> = sockets
-        .into_iter()
-        .map(|mut socket| {
-            tokio::spawn(async move {
-                let mut latencies = Vec::with_capacity(total);
-                while latencies.len() < total {
-                    match tokio::time::timeout(Duration::from_secs(60), socket.next()).await {
-                        Ok(Some(Ok(Message::Text(text)))) => {
-                            let frame: Value = serde_json::from_str(text.as_str()).unwrap();
-                            if let Some(content) = frame["data"]["segment"]["content"].as_str() {
-                                let sent: u128 =
-                                    content.rsplit(':').next().unwrap().parse().unwrap();
-                                latencies.push((t0.elapsed().as_nanos() - sent) as f64 / 1e9);
-                            }
-                        }
-                        Ok(Some(Ok(_))) => {}
-                        other => return Err(format!("watcher stopped early: {other:?}")),
-                    }
-                }
-                Ok((latencies, t0.elapsed()))
-            })
-        })
-        .collect();
-    let started = t0.elapsed();
-    let writer_tasks: Vec<_> = (0..writers)
-        .map(|w| {
-            let (http, draft, api) = (http.clone(), draft.clone(), replicas[w % 3].api);
-            tokio::spawn(async move {
-                for n in 0..per_writer {
-                    append(
-                        &http,
-                        api,
-                        &draft,
-                        &format!("{w}:{n}:{}", t0.elapsed().as_nanos()),
-                    )
-                    .await?;
-                }
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-            })
-        })
-        .collect();
-    for w in writer_tasks {
-        w.await??;
-    }
-    let mut latencies = Vec::new();
-    let mut finished = Duration::ZERO;
-    for r in readers {
-        let (l, done) = r.await?.map_err(|e| e.to_string())?;
-        latencies.extend(l);
-        finished = finished.max(done);
-    }
-    latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let delivered = latencies.len() as f64 / (finished - started).as_secs_f64();
+    let rooms = Rooms {
+        drafts: vec![draft],
+        watchers,
+        writers,
+        per_writer,
+    };
+    let (delivered, latencies) = rooms.run(http, &replicas).await?;
     let ceiling = redis_benchmark(
         &b.redis_url,
         if size == Size::Smoke { 20_000 } else { 200_000 },
@@ -1243,6 +1448,7 @@ async fn main() {
         .unwrap_or(if args.size == Size::Full { 3 } else { 1 });
     let all = [
         "fanout",
+        "shards",
         "connections",
         "ratelimit",
         "appends",
@@ -1289,6 +1495,7 @@ async fn main() {
             eprintln!("bench: run {} of {repeat}: {scenario}", run + 1);
             let result = match *scenario {
                 "fanout" => fanout(args.size, &backing, &http, &mut rows).await,
+                "shards" => shards(args.size, &backing, &http, &mut rows).await,
                 "connections" => connections(args.size, &http, &mut rows).await,
                 "ratelimit" => ratelimit(args.size, &backing, &http, &mut rows).await,
                 "appends" => appends(args.size, &backing, &http, &mut rows).await,

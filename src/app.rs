@@ -675,7 +675,10 @@ pub async fn run(
         });
     }
     let stop_accepting = CancellationToken::new();
-    let last_push = state.clone();
+    let last_push = state
+        .metrics_push
+        .clone()
+        .map(|push| (push, state.metrics.clone()));
     let app = public_router(state);
     let mut server = tokio::spawn(server::serve(
         public,
@@ -714,14 +717,29 @@ pub async fn run(
             Ok(())
         }
     };
-    // The figures of the last interval, drain included.
-    last_push
-        .push_metrics()
-        .instrument(telemetry::untraced("metrics push"))
-        .await;
-    drop(last_push);
+    if let Some((push, metrics)) = last_push {
+        push_last_metrics(&push, &metrics).await;
+    }
     management_done.cancel();
     result
+}
+
+/// The most the push on exit may add to a shutdown.
+const LAST_PUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The figures of the last interval, drain included, pushed once more on
+/// exit, within `LAST_PUSH_TIMEOUT` whatever the collector does.
+async fn push_last_metrics(push: &MetricsPush, metrics: &Metrics) {
+    let text = metrics.render();
+    let pushed = tokio::time::timeout(LAST_PUSH_TIMEOUT, push.push(&text))
+        .instrument(telemetry::untraced("metrics push"))
+        .await;
+    if pushed.is_err() {
+        tracing::warn!(
+            timeout_seconds = LAST_PUSH_TIMEOUT.as_secs(),
+            "the last metrics push did not finish in time; its figures are lost"
+        );
+    }
 }
 
 /// How often memory the allocator holds free goes back to the system, so RSS

@@ -122,7 +122,8 @@ pub trait Fanout: Send + Sync + 'static {
     async fn unsubscribe(&self, draft_id: Uuid) -> Result<(), Error>;
     /// The room found events in the store that this fanout never brought
     /// it: makes sure it still receives them (a Redis Cluster drops a shard
-    /// channel's subscribers, without a word, when its slot moves).
+    /// channel's subscribers when its slot moves, and the client library
+    /// does not say so).
     async fn renew(&self, _draft_id: Uuid) -> Result<(), Error> {
         Ok(())
     }

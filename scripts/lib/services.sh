@@ -111,32 +111,55 @@ client_packages() { # the TypeScript client's packages, from its lockfile
 # A Redis Cluster of three masters and three replicas from redis-server
 # processes on 127.0.0.1, ports $2..$2+5, with its files in $1. Each node's
 # bus is its port + 10000; keep both below the ephemeral range (32768 on
-# Linux), where an outgoing connection may hold the port. A replica fails
-# over whatever its data's age (a test cluster loses its master early). Reused when it is already up and
-# healthy; started (and the slots assigned) otherwise.
+# Linux), where an outgoing connection may hold the port. Reused when it is
+# already up and healthy; otherwise whatever of it is left in $1 is stopped
+# and a fresh one started, joined and waited for. Nothing is left running
+# when it fails.
 start_redis_cluster() { # dir base_port
-    local dir=$1 base=$2 port nodes=()
+    local dir=$1 base=$2 i port
     ensure_command redis-server redis-server
     ensure_command redis-cli redis-tools
-    for i in 0 1 2 3 4 5; do nodes+=("127.0.0.1:$((base + i))"); done
     if redis_cluster_ok "$base"; then return 0; fi
+    stop_redis_cluster "$dir"
     mkdir -p "$dir"
+    rm -f "$dir"/nodes-*.conf
     for i in 0 1 2 3 4 5; do
         port=$((base + i))
-        if ! reachable 127.0.0.1 "$port"; then
-            rm -f "$dir/nodes-$port.conf"
-            redis-server --daemonize yes --port "$port" --bind 127.0.0.1 \
-                --cluster-enabled yes --cluster-config-file "$dir/nodes-$port.conf" \
-                --cluster-node-timeout 2000 --cluster-replica-validity-factor 0 \
-                --save '' --appendonly no \
-                --dir "$dir" --pidfile "$dir/redis-$port.pid" \
-                --logfile "$dir/redis-$port.log" >/dev/null
+        if reachable 127.0.0.1 "$port"; then
+            echo "cannot start a Redis Cluster node on 127.0.0.1:$port: the port is taken" >&2
+            stop_redis_cluster "$dir"
+            return 1
         fi
-    done
-    for i in 0 1 2 3 4 5; do
-        wait_until_reachable 127.0.0.1 "$((base + i))" "Redis Cluster node" || return 1
+        (redis_cluster_node "$dir" "$port" --daemonize yes --pidfile "$dir/redis-$port.pid" \
+            --logfile "$dir/redis-$port.log") >/dev/null
     done
     echo "creating a Redis Cluster on 127.0.0.1:$base-$((base + 5)) ($dir)" >&2
+    if ! create_redis_cluster "$dir" "$base"; then
+        stop_redis_cluster "$dir"
+        return 1
+    fi
+}
+
+# One cluster node, in the foreground (it replaces the calling shell), with
+# any further redis-server arguments. A replica fails over whatever its
+# data's age: a test cluster may lose a master right after it was made.
+redis_cluster_node() { # dir port [redis-server arguments...]
+    local dir=$1 port=$2
+    shift 2
+    exec redis-server --port "$port" --bind 127.0.0.1 \
+        --cluster-enabled yes --cluster-config-file "$dir/nodes-$port.conf" \
+        --cluster-node-timeout 2000 --cluster-replica-validity-factor 0 \
+        --save '' --appendonly no --dir "$dir" "$@"
+}
+
+# Joins six fresh nodes on base_port..+5 into three masters with a replica
+# each, and waits until the cluster is healthy.
+create_redis_cluster() { # dir base_port
+    local dir=$1 base=$2 i nodes=()
+    for i in 0 1 2 3 4 5; do
+        wait_until_reachable 127.0.0.1 "$((base + i))" "Redis Cluster node" || return 1
+        nodes+=("127.0.0.1:$((base + i))")
+    done
     redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$dir/create.log" 2>&1 || {
         tail -n 5 "$dir/create.log" >&2
         return 1
@@ -153,7 +176,7 @@ start_redis_cluster() { # dir base_port
 # cluster is ok, with three masters, and every replica has its master's data
 # (so a master lost from now on can fail over).
 redis_cluster_ok() { # base_port
-    local port info
+    local i port info
     for i in 0 1 2 3 4 5; do
         port=$(($1 + i))
         reachable 127.0.0.1 "$port" || return 1
@@ -172,11 +195,19 @@ redis_cluster_url() { # base_port
     echo "redis-cluster://127.0.0.1:$1?node=127.0.0.1:$(($1 + 1))&node=127.0.0.1:$(($1 + 2))"
 }
 
+# Stops the nodes started in dir (by their pid files) and waits until each
+# has exited, so their ports are free when this returns.
 stop_redis_cluster() { # dir
-    local pidfile
+    local pidfile pid
     for pidfile in "$1"/redis-*.pid; do
         [ -f "$pidfile" ] || continue
-        kill -TERM "$(cat "$pidfile")" 2>/dev/null || true
+        pid=$(cat "$pidfile")
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 1 100); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
         rm -f "$pidfile"
     done
 }

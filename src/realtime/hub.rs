@@ -332,15 +332,27 @@ impl Room {
             RoomMsg::StoreHead(seq) => {
                 if self.head.is_some_and(|head| head < seq) {
                     self.metrics.fanout_catchup("head_check");
-                    if let Err(e) = self.fanout.renew(self.draft_id).await {
-                        tracing::warn!(error.message = %e, "room subscription renewal failed");
-                    }
                     self.catch_up().await;
+                    self.renew_subscription();
                 }
             }
             RoomMsg::Stop => {}
         }
         None
+    }
+
+    /// The fanout missed events of this room: makes sure it still receives
+    /// them, off the room's task (the store fill never waits on Redis).
+    fn renew_subscription(&self) {
+        let (fanout, draft_id) = (self.fanout.clone(), self.draft_id);
+        tokio::spawn(
+            async move {
+                if let Err(e) = fanout.renew(draft_id).await {
+                    tracing::warn!(error.message = %e, "room subscription renewal failed");
+                }
+            }
+            .in_current_span(),
+        );
     }
 
     /// Admits this join and every other one already queued behind it on

@@ -109,7 +109,7 @@ catalog! {
     CHANNEL_DROPPED = "channel_dropped_messages_total", Counter, ["channel"],
         "Events dropped on the way to a room because a buffer was full (the room refills them from the store): room_queue (a room's queue) or pubsub_reader (the pub/sub reader fell behind the Redis client's buffer).";
     FANOUT_RECONNECTS = "fanout_reconnects_total", Counter, [],
-        "Times the pub/sub connection was re-established.";
+        "Times the pub/sub subscriber reconnected (on a Redis Cluster, node reconnects that arrive together count once).";
     FANOUT_CATCHUPS = "fanout_catchups_total", Counter, ["cause"],
         "Rooms that read events from the store because the fanout had not brought them (lost, or still on the way): head_check or join.";
     AUDIT_FAILURES = "audit_write_failures_total", Counter, [],

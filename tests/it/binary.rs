@@ -220,8 +220,8 @@ fn env_example_lists_exactly_the_variables_of_serve() {
     assert_eq!(from_example, from_help);
 }
 
-/// Every variable the operator docs name is one `serve` reads, or one of the
-/// few read elsewhere: a renamed or removed knob fails here, not in a pod.
+/// Every variable README.md and docs/ name is one `serve` reads, or one of
+/// the few read elsewhere: a renamed or removed knob fails here, not in a pod.
 #[test]
 fn the_variables_the_docs_name_exist() {
     let output = collabd().args(["serve", "--help"]).output().unwrap();
@@ -231,19 +231,24 @@ fn the_variables_the_docs_name_exist() {
         .skip(1)
         .map(|rest| rest.split(['=', ']']).next().unwrap())
         .collect();
-    // Read by build.rs, by the OpenTelemetry SDK's batch exporter, and a
-    // constant the runbook names.
+    // Read by build.rs, by the OpenTelemetry SDK's batch exporter, by the
+    // history checker (tests/it/chaos); a constant the runbook names; the
+    // placeholder in migration file names.
     let elsewhere = |name: &str| {
-        name == "COLLABD_REVISION" || name.starts_with("OTEL_BSP") || name == "UPKEEP_INTERVAL"
+        ["COLLABD_REVISION", "UPKEEP_INTERVAL", "CHAOS_SEED", "NNNN"].contains(&name)
+            || name.starts_with("OTEL_BSP")
     };
-    for doc in [
-        "docs/OBSERVABILITY.md",
-        "docs/METRICS.md",
-        "docs/OPERATIONS.md",
-    ] {
-        let text =
-            std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(doc))
-                .unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut docs: Vec<std::path::PathBuf> = std::fs::read_dir(root.join("docs"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "md"))
+        .collect();
+    docs.push(root.join("README.md"));
+    assert!(docs.len() > 5, "{docs:?}");
+    for path in &docs {
+        let doc = path.display();
+        let text = std::fs::read_to_string(path).unwrap();
         let named = text
             .split(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
             .filter(|word| {

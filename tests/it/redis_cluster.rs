@@ -25,7 +25,10 @@ async fn a_master_failover_loses_no_event_and_the_limits_keep_holding() {
                 ("RATE_LIMIT_BURST_MUTATION", "30"),
                 ("RATE_LIMIT_PER_MINUTE_MUTATION", "1"),
                 ("REDIS_TIMEOUT_MS", "500"),
-                ("ROOM_HEAD_CHECK_SECONDS", "1"),
+                // No head check within the test: only the reconnect path
+                // (resubscribe, then every room re-reads the store) can
+                // bring what the failover cost.
+                ("ROOM_HEAD_CHECK_SECONDS", "300"),
             ],
         )
         .await,
@@ -65,8 +68,20 @@ async fn a_master_failover_loses_no_event_and_the_limits_keep_holding() {
     }
     eventually(|| async { redis.failed_over(&channel, doomed).await }).await;
     let promoted = redis.master_of(&channel).await.unwrap();
-    // And again on the promoted master.
+    // And again on the promoted master, each replica having seen its
+    // subscriber reconnect.
     eventually(|| async { redis.shard_subscribers(&channel).await == 3 }).await;
+    for replica in &cluster.replicas {
+        assert!(replica.metric("fanout_reconnects_total").await >= 1.0);
+    }
+    let received = || async {
+        let mut total = 0.0;
+        for replica in &cluster.replicas {
+            total += replica.metric("fanout_lag_seconds_count").await;
+        }
+        total
+    };
+    let before = received().await;
     for n in 26..=30 {
         append(n).await;
     }
@@ -75,24 +90,30 @@ async fn a_master_failover_loses_no_event_and_the_limits_keep_holding() {
     for (i, seqs) in seen.into_iter().enumerate() {
         assert_eq!(seqs, expected, "watcher {i} on replica {}", i % 3);
     }
+    // The last five came over pub/sub, to each of the three replicas.
+    eventually(|| async { received().await >= before + 15.0 }).await;
 
     // A user whose create bucket lives on the promoted master (which never
     // loaded the script: it was a replica): once every replica's limiter
     // answers from Redis again, 60 creates at once across the replicas admit
     // what one server would, the burst and the one the rate allows now (31).
-    let mut probe = None;
-    for n in 0.. {
-        let user = format!("probe{n}");
-        let key = format!(
-            "{}rl:{{mutation:POST:/v1/collab/drafts:user:{user}}}",
-            cluster.prefix.prefix
-        );
-        if redis.master_of(&key).await == Some(promoted) {
-            probe = Some(user);
-            break;
+    let on_promoted = |route: &'static str, prefix: &'static str| {
+        let (redis, key_prefix) = (&redis, cluster.prefix.prefix.clone());
+        async move {
+            for n in 0.. {
+                let user = format!("{prefix}{n}");
+                let key = format!("{key_prefix}rl:{{{route}:user:{user}}}");
+                if redis.master_of(&key).await == Some(promoted) {
+                    return user;
+                }
+            }
+            unreachable!()
         }
-    }
-    let probe = probe.unwrap();
+    };
+    let probe = on_promoted("mutation:POST:/v1/collab/drafts", "probe").await;
+    // Every replica's limiter answers from the promoted master again: a
+    // read whose bucket lives there goes through each without a fallback.
+    let reader = on_promoted("read:GET:/v1/collab/drafts", "reader").await;
     eventually(|| async {
         let mut fallback = 0.0;
         for replica in &cluster.replicas {
@@ -100,9 +121,10 @@ async fn a_master_failover_loses_no_event_and_the_limits_keep_holding() {
                 .metric("ratelimit_fallback_total{mode=\"local\"}")
                 .await;
         }
-        // A read through each replica that does not fall back.
         for replica in &cluster.replicas {
-            assert_eq!(replica.get("alice", "/v1/collab/drafts").await.status, 200);
+            if replica.get(&reader, "/v1/collab/drafts").await.status != 200 {
+                return false;
+            }
         }
         let mut after = 0.0;
         for replica in &cluster.replicas {
@@ -131,4 +153,60 @@ async fn a_master_failover_loses_no_event_and_the_limits_keep_holding() {
     let admitted = creates.iter().filter(|s| **s == 201).count();
     let refused = creates.iter().filter(|s| **s == 429).count();
     assert_eq!((admitted, refused), (31, 29), "{creates:?}");
+}
+
+/// A watched room's slot moves to another master (a reshard): Redis drops
+/// the room's shard subscribers, and the client library does not say so.
+/// Each replica finds out when it first misses an event of the room written
+/// through another replica: the head check brings that event from the
+/// store, and the room subscribes again, on the slot's new owner. After
+/// that the fanout carries every event again.
+#[tokio::test]
+async fn a_moved_slot_costs_one_late_event_per_replica_and_the_room_subscribes_again() {
+    let redis = PrivateRedisCluster::start().await;
+    let cluster = Cluster::start(3, redis.url(), &[("ROOM_HEAD_CHECK_SECONDS", "1")]).await;
+    let id = cluster.replica(0).create_draft("alice", "Resharded").await;
+    let mut watchers = Vec::new();
+    for i in 0..3 {
+        watchers.push(cluster.replica(i).ws("alice", &id, None).await.0);
+    }
+    let channel = format!("{}room:{id}", cluster.prefix.prefix);
+    assert_eq!(redis.shard_subscribers(&channel).await, 3);
+    let owner = redis.move_slot_of(&channel).await;
+    assert_eq!(redis.master_of(&channel).await, Some(owner));
+    assert_eq!(redis.shard_subscribers(&channel).await, 0);
+
+    // Written through replica 0, then 1: every replica misses one of them.
+    for (n, writer) in [(1, 0), (2, 1)] {
+        let reply = cluster
+            .replica(writer)
+            .append("alice", &id, &format!("{n}"))
+            .await;
+        assert_eq!(reply.status, 201);
+        for watcher in &mut watchers {
+            assert_eq!(watcher.next_seqs(1).await, [n]);
+        }
+    }
+    eventually(|| async { redis.shard_subscribers(&channel).await == 3 }).await;
+    // From here the fanout carries the room again: each replica receives
+    // the next three events over pub/sub (each receipt timed).
+    let received = || async {
+        let mut total = 0.0;
+        for replica in &cluster.replicas {
+            total += replica.metric("fanout_lag_seconds_count").await;
+        }
+        total
+    };
+    let before = received().await;
+    for n in 3..=5 {
+        let reply = cluster
+            .replica(n as usize)
+            .append("alice", &id, &format!("{n}"))
+            .await;
+        assert_eq!(reply.status, 201);
+    }
+    for watcher in &mut watchers {
+        assert_eq!(watcher.next_seqs(3).await, [3, 4, 5]);
+    }
+    eventually(|| async { received().await >= before + 9.0 }).await;
 }

@@ -8,8 +8,8 @@
 //! `SSUBSCRIBE`, Redis 7): each room's channel lives on the master that owns
 //! its slot, so pub/sub capacity grows with the shards (a classic `PUBLISH`
 //! would be broadcast to every node). A failover shows as a reconnect. A
-//! slot that moves drops its subscribers without telling them; a room that
-//! the head check finds behind renews its subscription.
+//! slot that moves unsubscribes its subscribers (fred discards the notice);
+//! a room that the head check finds behind renews its subscription.
 //!
 //! A publish is also delivered to this replica's own rooms directly, so local
 //! watchers keep receiving while Redis is down; rooms drop the echo that
@@ -106,10 +106,16 @@ impl PubSub {
         }
     }
 
+    /// A shard channel whose slot moved answers MOVED; fred then learns
+    /// the new owner but fails this SSUBSCRIBE all the same (its redirect
+    /// does not go through for a subscriber), so it is sent once more.
     async fn subscribe(self, subscriber: &SubscriberClient, channel: String) -> FredResult<()> {
         match self {
             PubSub::Classic => subscriber.subscribe(channel).await,
-            PubSub::Sharded => subscriber.ssubscribe(channel).await,
+            PubSub::Sharded => match subscriber.ssubscribe(channel.clone()).await {
+                Ok(()) => Ok(()),
+                Err(_) => subscriber.ssubscribe(channel).await,
+            },
         }
     }
 
@@ -122,19 +128,32 @@ impl PubSub {
 
     /// Many channels: one command for classic ones; one per channel for
     /// shard channels, which one command may name only within one slot.
+    /// Every channel is tried; returns how many could not be subscribed
+    /// (a room left out is renewed when the head check finds it behind)
+    /// and the last error.
     async fn subscribe_all(
         self,
         subscriber: &SubscriberClient,
         channels: Vec<String>,
-    ) -> FredResult<()> {
+    ) -> (usize, Option<fred::error::Error>) {
         match self {
-            PubSub::Classic if channels.is_empty() => Ok(()),
-            PubSub::Classic => subscriber.subscribe(channels).await,
-            PubSub::Sharded => {
-                for channel in channels {
-                    subscriber.ssubscribe(channel).await?;
+            PubSub::Classic if channels.is_empty() => (0, None),
+            PubSub::Classic => {
+                let count = channels.len();
+                match subscriber.subscribe(channels).await {
+                    Ok(()) => (0, None),
+                    Err(e) => (count, Some(e)),
                 }
-                Ok(())
+            }
+            PubSub::Sharded => {
+                let (mut failed, mut last) = (0, None);
+                for channel in channels {
+                    if let Err(e) = self.subscribe(subscriber, channel).await {
+                        failed += 1;
+                        last = Some(e);
+                    }
+                }
+                (failed, last)
             }
         }
     }
@@ -286,7 +305,12 @@ impl Fanout for RedisFanout {
         Ok(())
     }
 
+    /// Shard channels only: a moved slot drops them (a classic channel
+    /// is never dropped while the connection lives).
     async fn renew(&self, draft_id: Uuid) -> Result<(), Error> {
+        if self.pubsub == PubSub::Classic {
+            return Ok(());
+        }
         let subscriptions = self.subscriptions.lock().await;
         if subscriptions.contains_key(&draft_id) {
             self.pubsub
@@ -345,34 +369,47 @@ struct Resubscribe {
 }
 
 /// After each reconnect: subscribes every tracked channel again, then asks
-/// every room to fill what it missed meanwhile.
+/// every room to fill what it missed meanwhile. Notices that arrive together
+/// (a cluster client reconnects node by node) are handled as one; notices
+/// lost to a full channel count as one too.
 fn spawn_resubscriber(
     mut reconnects: tokio::sync::broadcast::Receiver<fred::prelude::Server>,
     resubscribe: Resubscribe,
     rooms: Arc<dyn RoomSink>,
     metrics: Metrics,
 ) {
+    use tokio::sync::broadcast::error::{RecvError, TryRecvError};
     tokio::spawn(async move {
-        while reconnects.recv().await.is_ok() {
-            metrics.fanout_reconnected();
-            let held = resubscribe.subscriptions.lock().await;
-            let channels: Vec<String> = held
-                .keys()
-                .map(|id| channel(&resubscribe.prefix, *id))
-                .collect();
-            tracing::info!(
-                rooms = channels.len(),
-                "redis subscriber reconnected; resubscribing rooms"
-            );
-            let subscribed = resubscribe
-                .pubsub
-                .subscribe_all(&resubscribe.subscriber, channels)
-                .await;
-            if let Err(e) = subscribed {
-                tracing::warn!(error.message = %e, "resubscribe failed");
+        loop {
+            match reconnects.recv().await {
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return,
             }
-            drop(held);
+            while !matches!(
+                reconnects.try_recv(),
+                Err(TryRecvError::Empty | TryRecvError::Closed)
+            ) {}
+            metrics.fanout_reconnected();
+            resubscribe.all().await;
             rooms.resync_all();
         }
     });
+}
+
+impl Resubscribe {
+    async fn all(&self) {
+        let held = self.subscriptions.lock().await;
+        let channels: Vec<String> = held.keys().map(|id| channel(&self.prefix, *id)).collect();
+        let rooms = channels.len();
+        tracing::info!(rooms, "redis subscriber reconnected; resubscribing rooms");
+        let (failed, error) = self.pubsub.subscribe_all(&self.subscriber, channels).await;
+        if let Some(e) = error {
+            tracing::warn!(
+                error.message = %e,
+                rooms,
+                failed,
+                "resubscribe failed for some rooms; they are tried again at the next reconnect, or when the head check finds them behind"
+            );
+        }
+    }
 }

@@ -40,6 +40,13 @@ pub(crate) fn redis_error(e: fred::error::Error) -> Error {
 pub(crate) fn builder(settings: &RedisSettings) -> Result<Builder, Error> {
     let config = RedisConfig::from_url(&settings.url)
         .map_err(|e| Error::internal(format!("REDIS_URL is not a valid Redis URL: {e}")))?;
+    // One attempt: a command that fails during an outage fails at once and
+    // the caller's fallback applies (local limits, the store fill); fred's
+    // retries would stack timeouts instead. On a Redis Cluster, one more:
+    // fred counts the write that follows a MOVED or ASK redirect (after a
+    // failover or a reshard) as an attempt, and without it every client's
+    // first command to a moved slot would fail.
+    let attempts = if config.server.is_clustered() { 2 } else { 1 };
     let mut builder = Builder::from_config(config);
     let timeout = settings.timeout;
     builder
@@ -47,10 +54,7 @@ pub(crate) fn builder(settings: &RedisSettings) -> Result<Builder, Error> {
         .with_connection_config(|c| {
             c.connection_timeout = timeout;
             c.internal_command_timeout = timeout;
-            // One attempt: a command that fails during an outage fails at
-            // once and the caller's fallback applies (local limits, the
-            // store fill); fred's retries would stack timeouts instead.
-            c.max_command_attempts = 1;
+            c.max_command_attempts = attempts;
         })
         .with_performance_config(|p| {
             p.default_command_timeout = timeout;

@@ -243,31 +243,56 @@ impl Drop for PrivateRedis {
     }
 }
 
-/// A Redis Cluster of the test's own: three masters and three replicas
-/// (redis-server processes on six free ports, started and joined by the same
-/// function scripts/test uses), stopped when dropped.
+/// A Redis Cluster of the test's own: three masters and three replicas,
+/// redis-server processes on six free ports that are children of the test
+/// (killed with it, whatever happens), joined by the same shell functions
+/// scripts/test uses.
 pub struct PrivateRedisCluster {
     pub base_port: u16,
     dir: std::path::PathBuf,
+    nodes: std::sync::Mutex<Vec<(u16, tokio::process::Child)>>,
 }
+
+const SERVICES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/lib/services.sh");
 
 impl PrivateRedisCluster {
     pub async fn start() -> PrivateRedisCluster {
         let base_port = free_port_run();
         let dir = std::env::temp_dir().join(format!("collabd-test-cluster-{base_port}"));
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/lib/services.sh");
-        let status = tokio::process::Command::new("bash")
+        std::fs::create_dir_all(&dir).unwrap();
+        let nodes = (base_port..base_port + 6)
+            .map(|port| {
+                // The function execs redis-server: the child is the node.
+                let child = tokio::process::Command::new("bash")
+                    .arg("-c")
+                    .arg(format!(". {SERVICES} && redis_cluster_node \"$0\" \"$1\""))
+                    .arg(&dir)
+                    .arg(port.to_string())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .kill_on_drop(true)
+                    .spawn()
+                    .expect("redis-server is installed (scripts/test installs it)");
+                (port, child)
+            })
+            .collect();
+        let cluster = PrivateRedisCluster {
+            base_port,
+            dir,
+            nodes: std::sync::Mutex::new(nodes),
+        };
+        let created = tokio::process::Command::new("bash")
             .arg("-c")
             .arg(format!(
-                ". {script} && start_redis_cluster {} {base_port}",
-                dir.display()
+                ". {SERVICES} && create_redis_cluster \"$0\" \"$1\""
             ))
+            .arg(&cluster.dir)
+            .arg(base_port.to_string())
             .stdout(Stdio::null())
             .status()
             .await
             .unwrap();
-        let cluster = PrivateRedisCluster { base_port, dir };
-        assert!(status.success(), "the private Redis Cluster did not start");
+        assert!(created.success(), "the private Redis Cluster did not form");
         cluster
     }
 
@@ -299,12 +324,16 @@ impl PrivateRedisCluster {
             .filter(|l| l.contains("master") && !l.contains("fail"))
             .find_map(|line| {
                 let fields: Vec<&str> = line.split_whitespace().collect();
-                let owns = fields[8..].iter().any(|range| match range.split_once('-') {
-                    Some((a, b)) => {
-                        (a.parse::<u16>().unwrap()..=b.parse().unwrap()).contains(&slot)
-                    }
-                    None => range.parse::<u16>().ok() == Some(slot),
-                });
+                // `[slot->-id]` and `[slot-<-id]` mark a slot on the move.
+                let owns = fields[8..]
+                    .iter()
+                    .filter(|r| !r.starts_with('['))
+                    .any(|range| match range.split_once('-') {
+                        Some((a, b)) => {
+                            (a.parse::<u16>().unwrap()..=b.parse().unwrap()).contains(&slot)
+                        }
+                        None => range.parse::<u16>().ok() == Some(slot),
+                    });
                 let port = fields[1].split(['@', ':']).nth(1)?.parse().ok()?;
                 owns.then_some(port)
             })
@@ -328,14 +357,73 @@ impl PrivateRedisCluster {
             .unwrap_or(0)
     }
 
+    /// Moves `key`'s slot to another master, as `redis-cli --cluster reshard`
+    /// would (keys included), and returns that master's port.
+    pub async fn move_slot_of(&self, key: &str) -> u16 {
+        let from = self.master_of(key).await.unwrap();
+        let cli = |port: u16, args: Vec<String>| async move {
+            let output = tokio::process::Command::new("redis-cli")
+                .arg("-p")
+                .arg(port.to_string())
+                .args(&args)
+                .output()
+                .await
+                .unwrap();
+            let text = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+            assert!(!text.starts_with("ERR"), "redis-cli {args:?}: {text}");
+            text
+        };
+        let words = |s: &str| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+        let slot = cli(from, words(&format!("CLUSTER KEYSLOT {key}"))).await;
+        let nodes = cli(from, words("CLUSTER NODES")).await;
+        let masters: Vec<(String, u16)> = nodes
+            .lines()
+            .filter(|l| l.contains("master") && !l.contains("fail"))
+            .map(|l| {
+                let fields: Vec<&str> = l.split_whitespace().collect();
+                let port = fields[1].split(['@', ':']).nth(1).unwrap().parse().unwrap();
+                (fields[0].to_owned(), port)
+            })
+            .collect();
+        let id_of = |port: u16| masters.iter().find(|m| m.1 == port).unwrap().0.clone();
+        let to = masters.iter().map(|m| m.1).find(|p| *p != from).unwrap();
+        let (from_id, to_id) = (id_of(from), id_of(to));
+        cli(
+            to,
+            words(&format!("CLUSTER SETSLOT {slot} IMPORTING {from_id}")),
+        )
+        .await;
+        cli(
+            from,
+            words(&format!("CLUSTER SETSLOT {slot} MIGRATING {to_id}")),
+        )
+        .await;
+        loop {
+            let keys = cli(from, words(&format!("CLUSTER GETKEYSINSLOT {slot} 100"))).await;
+            if keys.is_empty() {
+                break;
+            }
+            let mut args = words(&format!("MIGRATE 127.0.0.1 {to} \"\" 0 5000 KEYS"));
+            args[3] = String::new();
+            args.extend(words(&keys));
+            cli(from, args).await;
+        }
+        for (_, port) in &masters {
+            cli(
+                *port,
+                words(&format!("CLUSTER SETSLOT {slot} NODE {to_id}")),
+            )
+            .await;
+        }
+        to
+    }
+
     /// SIGKILL to the node on `port`.
     pub fn kill(&self, port: u16) {
-        let pid = std::fs::read_to_string(self.dir.join(format!("redis-{port}.pid"))).unwrap();
-        let status = std::process::Command::new("kill")
-            .args(["-KILL", pid.trim()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        let mut nodes = self.nodes.lock().unwrap();
+        let at = nodes.iter().position(|(p, _)| *p == port).unwrap();
+        let (_, mut child) = nodes.remove(at);
+        child.start_kill().unwrap();
     }
 
     /// True once `key`'s slot has a master other than `dead` and the cluster
@@ -367,14 +455,9 @@ impl PrivateRedisCluster {
 
 impl Drop for PrivateRedisCluster {
     fn drop(&mut self) {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/lib/services.sh");
-        let _ = std::process::Command::new("bash")
-            .arg("-c")
-            .arg(format!(
-                ". {script} && stop_redis_cluster {}",
-                self.dir.display()
-            ))
-            .status();
+        for (_, child) in self.nodes.lock().unwrap().iter_mut() {
+            let _ = child.start_kill();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
