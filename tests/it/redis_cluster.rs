@@ -74,14 +74,7 @@ async fn a_master_failover_loses_no_event_and_the_limits_keep_holding() {
     for replica in &cluster.replicas {
         assert!(replica.metric("fanout_reconnects_total").await >= 1.0);
     }
-    let received = || async {
-        let mut total = 0.0;
-        for replica in &cluster.replicas {
-            total += replica.metric("fanout_lag_seconds_count").await;
-        }
-        total
-    };
-    let before = received().await;
+    let before = pubsub_receipts(&cluster).await;
     for n in 26..=30 {
         append(n).await;
     }
@@ -91,7 +84,7 @@ async fn a_master_failover_loses_no_event_and_the_limits_keep_holding() {
         assert_eq!(seqs, expected, "watcher {i} on replica {}", i % 3);
     }
     // The last five came over pub/sub, to each of the three replicas.
-    eventually(|| async { received().await >= before + 15.0 }).await;
+    eventually(|| async { pubsub_receipts(&cluster).await >= before + 15.0 }).await;
 
     // A user whose create bucket lives on the promoted master (which never
     // loaded the script: it was a replica): once every replica's limiter
@@ -190,14 +183,7 @@ async fn a_moved_slot_costs_one_late_event_per_replica_and_the_room_subscribes_a
     eventually(|| async { redis.shard_subscribers(&channel).await == 3 }).await;
     // From here the fanout carries the room again: each replica receives
     // the next three events over pub/sub (each receipt timed).
-    let received = || async {
-        let mut total = 0.0;
-        for replica in &cluster.replicas {
-            total += replica.metric("fanout_lag_seconds_count").await;
-        }
-        total
-    };
-    let before = received().await;
+    let before = pubsub_receipts(&cluster).await;
     for n in 3..=5 {
         let reply = cluster
             .replica(n as usize)
@@ -208,5 +194,14 @@ async fn a_moved_slot_costs_one_late_event_per_replica_and_the_room_subscribes_a
     for watcher in &mut watchers {
         assert_eq!(watcher.next_seqs(3).await, [3, 4, 5]);
     }
-    eventually(|| async { received().await >= before + 9.0 }).await;
+    eventually(|| async { pubsub_receipts(&cluster).await >= before + 9.0 }).await;
+}
+
+/// Events the replicas received over pub/sub so far (each receipt is timed).
+async fn pubsub_receipts(cluster: &Cluster) -> f64 {
+    let mut total = 0.0;
+    for replica in &cluster.replicas {
+        total += replica.metric("fanout_lag_seconds_count").await;
+    }
+    total
 }
