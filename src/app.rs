@@ -730,6 +730,7 @@ const LAST_PUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// The figures of the last interval, drain included, pushed once more on
 /// exit, within `LAST_PUSH_TIMEOUT` whatever the collector does.
 async fn push_last_metrics(push: &MetricsPush, metrics: &Metrics) {
+    metrics.process();
     let text = metrics.render();
     let pushed = tokio::time::timeout(LAST_PUSH_TIMEOUT, push.push(&text))
         .instrument(telemetry::untraced("metrics push"))

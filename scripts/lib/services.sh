@@ -131,7 +131,10 @@ start_redis_cluster() { # dir base_port
             return 1
         fi
         (redis_cluster_node "$dir" "$port" --daemonize yes --pidfile "$dir/redis-$port.pid" \
-            --logfile "$dir/redis-$port.log") >/dev/null
+            --logfile "$dir/redis-$port.log") >/dev/null || {
+            stop_redis_cluster "$dir"
+            return 1
+        }
     done
     echo "creating a Redis Cluster on 127.0.0.1:$base-$((base + 5)) ($dir)" >&2
     if ! create_redis_cluster "$dir" "$base"; then
@@ -196,18 +199,22 @@ redis_cluster_url() { # base_port
 }
 
 # Stops the nodes started in dir (by their pid files) and waits until each
-# has exited, so their ports are free when this returns.
+# has exited, so their ports are free when this returns. A pid file whose
+# process is gone, or is no longer a redis-server, is only removed.
 stop_redis_cluster() { # dir
     local pidfile pid
     for pidfile in "$1"/redis-*.pid; do
         [ -f "$pidfile" ] || continue
         pid=$(cat "$pidfile")
+        rm -f "$pidfile"
+        [ "$(ps -o comm= -p "$pid" 2>/dev/null)" = redis-server ] || continue
         kill -TERM "$pid" 2>/dev/null || true
         for _ in $(seq 1 100); do
             kill -0 "$pid" 2>/dev/null || break
             sleep 0.1
         done
-        kill -KILL "$pid" 2>/dev/null || true
-        rm -f "$pidfile"
+        if kill -0 "$pid" 2>/dev/null; then
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
     done
 }

@@ -253,6 +253,7 @@ impl Hub {
             store: self.store.clone(),
             fanout: self.fanout.clone(),
             lagged: lagged.clone(),
+            renewing: Arc::default(),
             retry_gap: false,
             metrics: self.metrics.clone(),
         };
@@ -276,6 +277,8 @@ struct Room {
     store: Arc<dyn Store>,
     fanout: Arc<dyn Fanout>,
     lagged: Arc<AtomicBool>,
+    /// A subscription renewal is under way.
+    renewing: Arc<AtomicBool>,
     /// A store read failed while filling a gap; try again after `GAP_RETRY`.
     retry_gap: bool,
     metrics: Metrics,
@@ -342,14 +345,20 @@ impl Room {
     }
 
     /// The fanout missed events of this room: makes sure it still receives
-    /// them, off the room's task (the store fill never waits on Redis).
+    /// them, off the room's task (the store fill never waits on Redis), one
+    /// renewal at a time per room however many head checks find it behind.
     fn renew_subscription(&self) {
-        let (fanout, draft_id) = (self.fanout.clone(), self.draft_id);
+        if self.renewing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (fanout, draft_id, renewing) =
+            (self.fanout.clone(), self.draft_id, self.renewing.clone());
         tokio::spawn(
             async move {
                 if let Err(e) = fanout.renew(draft_id).await {
                     tracing::warn!(error.message = %e, "room subscription renewal failed");
                 }
+                renewing.store(false, Ordering::Release);
             }
             .in_current_span(),
         );

@@ -107,14 +107,16 @@ impl PubSub {
     }
 
     /// A shard channel whose slot moved answers MOVED; fred then learns
-    /// the new owner but fails this SSUBSCRIBE all the same (its redirect
-    /// does not go through for a subscriber), so it is sent once more.
+    /// the new owner but fails this SSUBSCRIBE all the same, saying its
+    /// write attempts ran out (its redirect does not go through for a
+    /// subscriber), so that one failure is sent once more. A timeout or a
+    /// lost connection is not retried: it would only double the wait.
     async fn subscribe(self, subscriber: &SubscriberClient, channel: String) -> FredResult<()> {
         match self {
             PubSub::Classic => subscriber.subscribe(channel).await,
             PubSub::Sharded => match subscriber.ssubscribe(channel.clone()).await {
-                Ok(()) => Ok(()),
-                Err(_) => subscriber.ssubscribe(channel).await,
+                Err(e) if redirected(&e) => subscriber.ssubscribe(channel).await,
+                other => other,
             },
         }
     }
@@ -127,10 +129,10 @@ impl PubSub {
     }
 
     /// Many channels: one command for classic ones; one per channel for
-    /// shard channels, which one command may name only within one slot.
-    /// Every channel is tried; returns how many could not be subscribed
-    /// (a room left out is renewed when the head check finds it behind)
-    /// and the last error.
+    /// shard channels, which one command may name only within one slot,
+    /// until one finds its node unreachable. Returns how many were not
+    /// subscribed (a room left out is renewed when the head check finds it
+    /// behind, or at the next reconnect) and the last error.
     async fn subscribe_all(
         self,
         subscriber: &SubscriberClient,
@@ -146,20 +148,43 @@ impl PubSub {
                 }
             }
             PubSub::Sharded => {
-                let (mut failed, mut last) = (0, None);
+                // A node that does not answer ends the pass: the rest would
+                // each wait a timeout more, and its reconnect starts another.
+                let (total, mut done, mut failed, mut last) = (channels.len(), 0, 0, None);
                 for channel in channels {
+                    done += 1;
                     if let Err(e) = self.subscribe(subscriber, channel).await {
                         failed += 1;
+                        let stop = unreachable(&e);
                         last = Some(e);
+                        if stop {
+                            break;
+                        }
                     }
                 }
-                (failed, last)
+                (failed + total - done, last)
             }
         }
     }
 }
 
 type FredResult<T> = Result<T, fred::error::Error>;
+
+/// How fred 10 fails a command whose redirect (MOVED, ASK) it followed but
+/// could not complete.
+fn redirected(e: &fred::error::Error) -> bool {
+    *e.kind() == fred::error::ErrorKind::Unknown && e.details().contains("write attempts")
+}
+
+/// A failure that says the node is down or unreachable, not that one
+/// command was refused.
+fn unreachable(e: &fred::error::Error) -> bool {
+    use fred::error::ErrorKind;
+    matches!(
+        e.kind(),
+        ErrorKind::Timeout | ErrorKind::IO | ErrorKind::Canceled
+    )
+}
 
 pub struct RedisFanout {
     publisher: Pool,
