@@ -517,13 +517,7 @@ async fn metrics_are_pushed_over_otlp_as_the_scrape_serves_them() {
     // nothing the scrape does not serve.
     let mut scraped = BTreeSet::new();
     for replica in &cluster.replicas {
-        let text = replica.scrape().await;
-        scraped.extend(
-            text.lines()
-                .filter_map(|l| l.strip_prefix("# TYPE "))
-                .filter_map(|l| l.split_whitespace().next())
-                .map(str::to_owned),
-        );
+        scraped.extend(family_names(&replica.scrape().await));
     }
     eventually(|| async {
         let points = collector.points();

@@ -20,19 +20,6 @@ fn samples(text: &str) -> BTreeMap<String, f64> {
         .collect()
 }
 
-fn value(text: &str, series: &str) -> f64 {
-    samples(text).get(series).copied().unwrap_or(0.0)
-}
-
-/// Metric names declared by `# TYPE` lines.
-fn names(text: &str) -> BTreeSet<String> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.split_whitespace().next())
-        .map(str::to_owned)
-        .collect()
-}
-
 #[tokio::test]
 async fn metrics_live_on_the_management_port_only() {
     let app = spawn_app(Kind::Memory).await;
@@ -124,11 +111,11 @@ async fn known_traffic_moves_the_counters_by_exactly_that_much() {
 
     eventually(|| async {
         let text = app.scrape().await;
-        value(&text, "ws_disconnects_total{reason=\"client_closed\"}") == 1.0
+        series_value(&text, "ws_disconnects_total{reason=\"client_closed\"}") == 1.0
     })
     .await;
     let after = app.scrape().await;
-    let delta = |series: &str| value(&after, series) - value(&before, series);
+    let delta = |series: &str| series_value(&after, series) - series_value(&before, series);
     let drafts = "/v1/collab/drafts";
     let segments = "/v1/collab/drafts/{id}/segments";
     assert_eq!(
@@ -189,15 +176,21 @@ async fn known_traffic_moves_the_counters_by_exactly_that_much() {
     );
     assert_eq!(delta("ws_messages_sent_total{event_type=\"pong\"}"), 1.0);
     assert_eq!(delta("ws_messages_received_total"), 1.0);
-    assert_eq!(value(&after, "ws_active_connections"), 0.0);
+    assert_eq!(series_value(&after, "ws_active_connections"), 0.0);
     assert_eq!(delta("ws_connection_duration_seconds_count"), 1.0);
     // Histograms are real histograms with the documented buckets.
     assert!(after.contains(&format!("http_request_duration_seconds_bucket{{method=\"POST\",route=\"{segments}\",le=\"0.0005\"}}")));
     assert!(after.contains(&format!("http_request_duration_seconds_bucket{{method=\"POST\",route=\"{segments}\",le=\"+Inf\"}} 3")));
     assert!(after.contains("# TYPE http_request_duration_seconds histogram"));
-    assert_eq!(value(&after, "health_status{component=\"process\"}"), 1.0);
-    assert_eq!(value(&after, "health_status{component=\"store\"}"), 1.0);
-    assert!(value(&after, "process_resident_memory_bytes") > 0.0);
+    assert_eq!(
+        series_value(&after, "health_status{component=\"process\"}"),
+        1.0
+    );
+    assert_eq!(
+        series_value(&after, "health_status{component=\"store\"}"),
+        1.0
+    );
+    assert!(series_value(&after, "process_resident_memory_bytes") > 0.0);
     assert!(after.contains("collabd_build_info{version=\""));
     // Built from a checkout: the revision is its commit, not "unknown".
     let head = std::process::Command::new("git")
@@ -308,7 +301,7 @@ async fn the_documented_catalog_is_the_code_catalog_and_covers_live_names() {
     for kind in [Kind::Memory, Kind::Postgres, Kind::Cluster] {
         let app = spawn_app(kind).await;
         app.create_draft("alice", "Named").await;
-        let live = names(&app.scrape().await);
+        let live = family_names(&app.scrape().await);
         let undocumented: Vec<_> = live.difference(&documented).collect();
         assert!(
             undocumented.is_empty(),
@@ -364,13 +357,13 @@ async fn the_state_gauges_report_the_store() {
     app.append("alice", &id, "x").await;
     eventually(|| async {
         let text = app.scrape().await;
-        value(&text, "collab_drafts") == 2.0 && value(&text, "collab_segments") == 1.0
+        series_value(&text, "collab_drafts") == 2.0 && series_value(&text, "collab_segments") == 1.0
     })
     .await;
     // The pool's ceiling beside what it uses, read at scrape time.
     let text = app.scrape().await;
-    assert_eq!(value(&text, "db_pool_max_size"), 7.0);
-    assert!(value(&text, "db_pool_size") <= 7.0);
+    assert_eq!(series_value(&text, "db_pool_max_size"), 7.0);
+    assert!(series_value(&text, "db_pool_size") <= 7.0);
 }
 
 /// docs/OBSERVABILITY.md's log fields are the ones the source writes: none

@@ -119,13 +119,10 @@ async fn a_master_failover_loses_no_event_and_the_limits_keep_holding() {
     let reader = on_promoted("reader").await;
     let probe = on_promoted("probe").await;
     let fallbacks = || async {
-        let mut total = 0.0;
-        for replica in &cluster.replicas {
-            total += replica
-                .metric("ratelimit_fallback_total{mode=\"local\"}")
-                .await;
-        }
-        total
+        let each = cluster
+            .each_metric("ratelimit_fallback_total{mode=\"local\"}")
+            .await;
+        each.iter().sum::<f64>()
     };
     eventually(|| async {
         let before = fallbacks().await;
@@ -175,17 +172,7 @@ async fn a_moved_slot_costs_one_late_event_per_replica_and_the_room_subscribes_a
     assert_eq!(redis.master_of(&channel).await, Some(owner));
     assert_eq!(redis.shard_subscribers_at(old_owner, &channel).await, 0);
     assert_eq!(redis.shard_subscribers_at(owner, &channel).await, 0);
-    let late = || async {
-        let mut each = Vec::new();
-        for replica in &cluster.replicas {
-            each.push(
-                replica
-                    .metric("fanout_catchups_total{cause=\"head_check\"}")
-                    .await,
-            );
-        }
-        each
-    };
+    let late = || cluster.each_metric("fanout_catchups_total{cause=\"head_check\"}");
     let late_before = late().await;
 
     // Written through replica 0, then 1: every replica misses one of them,
@@ -226,11 +213,7 @@ async fn a_moved_slot_costs_one_late_event_per_replica_and_the_room_subscribes_a
 
 /// Events each replica received over pub/sub so far (each receipt is timed).
 async fn pubsub_receipts(cluster: &Cluster) -> Vec<f64> {
-    let mut each = Vec::new();
-    for replica in &cluster.replicas {
-        each.push(replica.metric("fanout_lag_seconds_count").await);
-    }
-    each
+    cluster.each_metric("fanout_lag_seconds_count").await
 }
 
 /// Every replica received at least `events` more over pub/sub since `before`.

@@ -222,6 +222,15 @@ impl Cluster {
         }
     }
 
+    /// One series' value on each replica, in order.
+    pub async fn each_metric(&self, series: &str) -> Vec<f64> {
+        let mut each = Vec::new();
+        for replica in &self.replicas {
+            each.push(replica.metric(series).await);
+        }
+        each
+    }
+
     pub fn replica(&self, i: usize) -> &Replica {
         &self.replicas[i % self.replicas.len()]
     }

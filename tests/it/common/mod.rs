@@ -71,6 +71,16 @@ pub fn series_value(exposition: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The metric families a Prometheus exposition declares (`# TYPE` lines).
+pub fn family_names(exposition: &str) -> std::collections::BTreeSet<String> {
+    exposition
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// An address nothing listens on (it did a moment ago).
 pub fn closed_addr() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
