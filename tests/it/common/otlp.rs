@@ -33,10 +33,7 @@ pub struct ReceivedSpan {
 
 impl ReceivedSpan {
     pub fn attribute(&self, key: &str) -> Option<&str> {
-        self.attributes
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        attribute(&self.attributes, key)
     }
 }
 
@@ -59,10 +56,7 @@ pub struct ReceivedPoint {
 
 impl ReceivedPoint {
     pub fn attribute(&self, key: &str) -> Option<&str> {
-        self.attributes
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        attribute(&self.attributes, key)
     }
 }
 
@@ -110,6 +104,14 @@ impl Collector {
     pub fn points(&self) -> Vec<ReceivedPoint> {
         self.received.points.lock().unwrap().1.clone()
     }
+}
+
+/// A string attribute's value, by key.
+fn attribute<'a>(attributes: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    attributes
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
 }
 
 fn strings(attributes: &[KeyValue]) -> Vec<(String, String)> {
